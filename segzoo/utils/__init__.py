@@ -1,0 +1,1 @@
+"""Utilities: metrics, visualisation, downloads and device helpers."""
