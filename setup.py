@@ -23,6 +23,7 @@ setup(
         'pycocotools',
         'matplotlib',
         'tqdm',
+        'requests',
         'Pillow',
         'scipy',
     ],
