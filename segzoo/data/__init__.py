@@ -1,0 +1,74 @@
+"""Segmentation datasets with GluonCV's names, folders and item types.
+
+``get_segmentation_dataset(name, ...)`` builds one of::
+
+    pascal_voc   VOCSegmentation      21 classes   root holds VOC2012/                      (~/.mxnet/datasets/voc)
+    pascal_aug   VOCAugSegmentation   21 classes   root holds VOCaug/ (+ VOC2012/)          (~/.mxnet/datasets/voc)
+    coco         COCOSegmentation     21 classes   root holds annotations/, train2017/...   (~/.mxnet/datasets/coco)
+    ade20k       ADE20KSegmentation  150 classes   root holds ADEChallengeData2016/         (~/.mxnet/datasets/ade)
+    citys        CitySegmentation     19 classes   root holds leftImg8bit/, gtFine/         (~/.mxnet/datasets/citys)
+
+``$MXNET_HOME/datasets`` replaces ``~/.mxnet/datasets`` when ``MXNET_HOME`` is set.
+"""
+from .ade20k import ADE20KSegmentation
+from .base import IGNORE_LABEL, MODES, DatasetError, SegmentationDataset
+from .cityscapes import CitySegmentation
+from .coco import COCOSegmentation
+from .pascal_aug import LeakySplitWarning, VOCAugSegmentation, train_aug_ids
+from .pascal_voc import VOCSegmentation
+
+__all__ = ['ADE20KSegmentation', 'COCOSegmentation', 'CitySegmentation', 'DATASETS', 'DatasetError', 'IGNORE_LABEL',
+           'LeakySplitWarning', 'MODES', 'NUM_CLASS', 'SegmentationDataset', 'VOCAugSegmentation', 'VOCSegmentation',
+           'get_segmentation_dataset', 'train_aug_ids']
+
+DATASETS = {
+    'pascal_voc': VOCSegmentation,
+    'pascal_aug': VOCAugSegmentation,
+    'coco': COCOSegmentation,
+    'ade20k': ADE20KSegmentation,
+    'citys': CitySegmentation,
+}
+
+# Number of classes per dataset name.
+NUM_CLASS = {name: cls.NUM_CLASS for name, cls in DATASETS.items()}
+
+
+def get_segmentation_dataset(name, split='train', mode=None, root=None, transform=None, base_size=520,
+                             crop_size=480, **kwargs):
+    """Build a segmentation dataset by name (GluonCV's ``get_segmentation_dataset``).
+
+    Parameters
+    ----------
+    name : str
+        One of ``DATASETS`` (case-insensitive): pascal_voc, pascal_aug, coco, ade20k, citys.
+    split : str
+        Which file list; the valid values depend on the dataset (see its class). Note that ``pascal_voc``
+        ``'train'`` is VOC trainval and ``pascal_aug`` ``'train'`` is SBD train+val, as in GluonCV; pascal_aug
+        ``'train_aug'`` is the standard 10,582-image set.
+    mode : str or None
+        ``'train'``, ``'val'``, ``'testval'`` or ``'test'``; ``None`` means ``split``.
+    root : str or None
+        Dataset folder with GluonCV's meaning; ``None`` means ``$MXNET_HOME/datasets/<voc|coco|ade|citys>``.
+    transform : callable or None
+        Image transform; see :class:`segzoo.data.base.SegmentationDataset` for the item types it implies.
+    base_size, crop_size : int
+        Sizes of the train/val joint transforms.
+    **kwargs
+        Dataset options, e.g. ``gluoncv_mask_pad=True``, or ``include_crowd`` / ``min_pixels`` for coco.
+
+    Returns
+    -------
+    SegmentationDataset
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the valid ones), split or mode.
+    FileNotFoundError
+        If the data is not where ``root`` says (the message shows the layout and the preparation command).
+    """
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f'unknown dataset {name!r}; valid names: {", ".join(DATASETS)}')
+    return DATASETS[key](root=root, split=split, mode=mode, transform=transform, base_size=base_size,
+                         crop_size=crop_size, **kwargs)

@@ -1,0 +1,348 @@
+"""Base class of the segmentation datasets: file lists, decoding, label mapping, output types.
+
+A dataset class only says where its files are and how raw mask values map to training ids. This module does
+everything that is common to all of them:
+
+* decode the image exactly as GluonCV does (``PIL.Image.open(path).convert('RGB')``), so ``testval`` items are
+  identical to GluonCV's;
+* read the mask as a 2-D integer array and map it to training ids with a 256-entry look-up table, which also
+  rejects values that are neither a class nor ignore (the error names the file and the values);
+* run the joint transform of the mode (``segzoo.data.transforms.sync_transform``) for ``train`` and ``val``;
+* return GluonCV's types, or numpy arrays for segzoo's own image transform (see :class:`SegmentationDataset`).
+
+Every failure raises an exception whose only argument is a message naming the file, so it also arrives intact
+from DataLoader worker processes.
+"""
+import os
+
+import mxnet as mx
+import numpy as np
+from PIL import Image, ImageFile
+
+__all__ = ['IGNORE_LABEL', 'MODES', 'DatasetError', 'SegmentationDataset', 'default_root', 'make_label_lut',
+           'map_labels', 'read_id_list', 'read_image', 'read_label_image']
+
+IGNORE_LABEL = -1
+MODES = ('train', 'val', 'testval', 'test')
+
+# Marks raw values that are neither a class nor ignore in a look-up table.
+_INVALID = np.iinfo(np.int32).min
+
+
+class DatasetError(ValueError):
+    """A dataset file cannot be decoded, has bad label values, or does not match its pair.
+
+    The exception carries a single string (the message names the file), so it pickles unchanged from
+    DataLoader worker processes.
+    """
+
+
+def default_root(name):
+    """Default dataset folder, GluonCV's convention: ``$MXNET_HOME/datasets/<name>``.
+
+    Parameters
+    ----------
+    name : str
+        Sub-folder: ``'voc'``, ``'coco'``, ``'ade'`` or ``'citys'``.
+
+    Returns
+    -------
+    str
+        ``$MXNET_HOME/datasets/<name>`` when ``MXNET_HOME`` is set, else ``~/.mxnet/datasets/<name>``.
+    """
+    home = os.environ.get('MXNET_HOME') or os.path.join('~', '.mxnet')
+    return os.path.expanduser(os.path.join(home, 'datasets', name))
+
+
+def make_label_lut(mapping):
+    """Build a raw-value -> training-id look-up table for 8-bit masks.
+
+    Parameters
+    ----------
+    mapping : dict
+        ``{raw value (0..255): training id}``; raw values not in the dict are invalid.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 array of shape (256,); invalid entries hold a sentinel that :func:`map_labels` reports.
+    """
+    lut = np.full(256, _INVALID, dtype=np.int32)
+    for raw, train_id in mapping.items():
+        lut[raw] = train_id
+    lut.setflags(write=False)
+    return lut
+
+
+def _describe_valid(lut):
+    """'0-20, 255' style description of the valid raw values of a look-up table."""
+    valid = np.flatnonzero(lut != _INVALID)
+    runs, start = [], valid[0]
+    for prev, cur in zip(valid[:-1], valid[1:]):
+        if cur != prev + 1:
+            runs.append((start, prev))
+            start = cur
+    runs.append((start, valid[-1]))
+    return ', '.join(str(a) if a == b else f'{a}-{b}' for a, b in runs)
+
+
+def map_labels(raw, lut, path):
+    """Map a raw mask to training ids, rejecting values the table does not know.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Integer (or integral float) mask of shape (H, W).
+    lut : numpy.ndarray
+        Table from :func:`make_label_lut`.
+    path : str
+        The mask file, named in errors.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 mask of shape (H, W); ``-1`` is ignore.
+
+    Raises
+    ------
+    DatasetError
+        If the mask is not 2-D or holds values outside the table (the message lists them).
+    """
+    raw = np.asarray(raw)
+    if raw.ndim != 2:
+        raise DatasetError(f'mask {path} must be a single-channel (H, W) label image, got shape {raw.shape}')
+    if raw.dtype != np.uint8:
+        values = np.unique(raw)
+        bad = values[(values < 0) | (values > 255) | (values != np.round(values))]
+        if bad.size:
+            raise DatasetError(f'mask {path} has label values {bad.tolist()[:20]} outside the valid raw '
+                               f'values {_describe_valid(lut)}')
+        raw = raw.astype(np.uint8)
+    mapped = lut[raw]
+    invalid = mapped == _INVALID
+    if invalid.any():
+        bad = np.unique(raw[invalid])
+        raise DatasetError(f'mask {path} has label values {bad.tolist()[:20]} outside the valid raw values '
+                           f'{_describe_valid(lut)}')
+    return mapped
+
+
+def read_id_list(path):
+    """Ids of a split list file: one per line, surrounding blanks and empty lines dropped."""
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _check_complete(image, path):
+    """Raise OSError if PIL padded a truncated file instead of failing.
+
+    PIL fails on truncated files unless the process-wide ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is True, and
+    importing ``gluoncv.data`` sets it to True (its mhp.py). Then a truncated JPEG is finished with a fake
+    end marker, which PIL records in the image's ``_ended`` attribute, and a truncated PNG silently stops; a
+    second pass with ``verify()`` (chunk structure and CRCs, no decoding) catches the latter.
+    """
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        return
+    if getattr(image, '_ended', False):
+        raise OSError('image file is truncated (the data ends before the JPEG end marker)')
+    if image.format == 'PNG':
+        with Image.open(path) as again:
+            again.verify()
+
+
+def _decode(path, kind, convert):
+    try:
+        with Image.open(path) as image:
+            decoded = convert(image)
+            _check_complete(image, path)
+            return decoded
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{kind} file not found: {path}') from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f'cannot read {kind} {path}: {type(err).__name__}: {err}') from None
+
+
+def read_image(path):
+    """Decode an image as GluonCV does: ``PIL.Image.open(path).convert('RGB')``.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB image.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    DatasetError
+        If PIL cannot decode it or it is truncated (also when ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is on);
+        the message names the file.
+    """
+    return _decode(path, 'image', lambda image: image.convert('RGB'))
+
+
+def read_label_image(path):
+    """Decode a label PNG (palette or grey) to its raw index array of shape (H, W).
+
+    Raises
+    ------
+    FileNotFoundError, DatasetError
+        As :func:`read_image`.
+    """
+    return _decode(path, 'mask', np.array)
+
+
+def _default_mode(split):
+    """Mode for ``mode=None``: the split's name when it is a mode (GluonCV), 'train' for the other train* splits
+    (train_aug, trainval), else 'val'."""
+    if split in MODES:
+        return split
+    return 'train' if split.startswith('train') else 'val'
+
+
+class SegmentationDataset(mx.gluon.data.Dataset):
+    """Base of the segmentation datasets (GluonCV's ``SegmentationDataset`` semantics).
+
+    Subclasses fill ``self.images`` (image paths) and ``self.masks`` (mask paths, empty in mode ``'test'``) and
+    implement :meth:`_read_mask`; class attributes ``NAME`` (registry name), ``SPLITS``, ``CLASSES``,
+    ``NUM_CLASS``, ``pred_offset``, ``LABEL_LUT`` (raw mask value -> training id), ``LAYOUT`` and ``PREPARE``
+    (shown when files are missing).
+
+    Parameters
+    ----------
+    root : str
+        Dataset folder (meaning as in GluonCV; see the subclass).
+    split : str
+        Which file list (see the subclass).
+    mode : str or None
+        ``'train'`` (random flip, long-side rescale in [0.5, 2] x base_size, pad, random crop, blur),
+        ``'val'`` (short side to crop_size, centre crop), ``'testval'`` (full image), ``'test'`` (full image and
+        its file name, no mask). ``None`` means ``split`` when that is a mode (GluonCV), else ``'train'`` for
+        ``train_aug``/``trainval`` and ``'val'`` for other splits.
+    transform : callable or None
+        Image transform. ``None``: items are GluonCV's types, image ``mx.nd`` float32 (H, W, 3) holding the
+        0..255 pixel values (GluonCV converts with ``mx.nd.array``'s default dtype, float32, not uint8) and mask
+        ``mx.nd`` int32 (H, W) (GluonCV returns VOC masks as float32 with the same values; segzoo always uses
+        int32). A callable with attribute ``numpy_input = True`` (``segzoo.data.transforms.ImageNormalize``)
+        receives the numpy uint8 (H, W, 3) image and the mask stays a numpy int32 (H, W) array (the fast path
+        of train.py: no ``mx.nd`` arrays in DataLoader workers). Any other callable (e.g. a gluon
+        ``transforms.Compose([ToTensor(), Normalize(...)])``) receives the ``mx.nd`` float32 image, exactly as
+        in GluonCV.
+    base_size, crop_size : int
+        Sizes of the train/val transforms.
+    gluoncv_mask_pad : bool
+        Train-mode padding of the mask. False (default): pad with ignore (-1). True: pad with what raw value 0
+        maps to, as GluonCV does (background 0 for VOC, SBD and COCO, which trains padding as background;
+        ignore for ADE20K and Cityscapes).
+
+    Attributes
+    ----------
+    mask_pad : int
+        The value train-mode padding writes into the mask.
+    """
+
+    NAME = ''
+    SPLITS = ()
+    CLASSES = ()
+    NUM_CLASS = 0
+    pred_offset = 0
+    LABEL_LUT = None
+    LAYOUT = ''
+    PREPARE = ''
+
+    def __init__(self, root, split, mode=None, transform=None, base_size=520, crop_size=480,
+                 gluoncv_mask_pad=False):
+        super().__init__()
+        self.root = os.path.expanduser(root)
+        if split not in self.SPLITS:
+            raise ValueError(f'unknown {self.NAME} split {split!r}; valid splits: {", ".join(self.SPLITS)}')
+        self.split = split
+        self.mode = _default_mode(split) if mode is None else mode
+        if self.mode not in MODES:
+            raise ValueError(f'unknown mode {self.mode!r} for {type(self).__name__}; valid modes: {", ".join(MODES)}')
+        self.transform = transform
+        self.base_size = base_size
+        self.crop_size = crop_size
+        self.mask_pad = int(self.LABEL_LUT[0]) if gluoncv_mask_pad else IGNORE_LABEL
+        self.images = []
+        self.masks = []
+
+    # ----------------------------------------------------------------- for subclasses
+    def _missing(self, path, what):
+        """FileNotFoundError naming the missing path, the expected layout and the preparation command."""
+        root_note = '' if os.path.isdir(self.root) else ' (the root folder itself does not exist)'
+        return FileNotFoundError(
+            f'{type(self).__name__}: {what} not found: {path}\n'
+            f'Expected layout under root={self.root}{root_note}:\n{self.LAYOUT}\n'
+            f'Prepare it with: {self.PREPARE}')
+
+    def _require(self, path, what):
+        if not os.path.exists(path):
+            raise self._missing(path, what)
+        return path
+
+    def _read_list(self, list_file):
+        """Ids of a split list file (one per line, blank lines dropped)."""
+        return read_id_list(self._require(list_file, 'split list'))
+
+    def _check_files(self, paths, what):
+        """Raise one error naming the missing files (the first few and the count), if any."""
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            shown = '\n  '.join(missing[:5])
+            raise self._missing(f'{len(missing)} of {len(paths)} {what}, e.g.\n  {shown}', f'{what}')
+
+    def _read_mask(self, index):
+        """Mask of item ``index`` as int32 (H, W) training ids (-1 ignore)."""
+        raise NotImplementedError
+
+    def _mask_name(self, index):
+        """What error messages call the mask of item ``index``."""
+        return self.masks[index]
+
+    # ----------------------------------------------------------------- dataset protocol
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image_path = self.images[index]
+        image = read_image(image_path)
+        if self.mode == 'test':
+            return self._output_image(np.asarray(image)), os.path.basename(image_path)
+        mask = self._read_mask(index)
+        if mask.shape != (image.height, image.width):
+            raise DatasetError(f'image {image_path} is {image.width}x{image.height} (WxH) but its mask '
+                               f'{self._mask_name(index)} is {mask.shape[1]}x{mask.shape[0]}')
+        if self.mode == 'testval':
+            image = np.asarray(image)
+        else:
+            from .transforms import sync_transform
+            image, mask = sync_transform(self.mode, image, mask, self.base_size, self.crop_size,
+                                         mask_pad=self.mask_pad)
+        return self._output_image(image), self._output_mask(mask)
+
+    def _numpy_path(self):
+        return self.transform is not None and getattr(self.transform, 'numpy_input', False)
+
+    def _output_image(self, image):
+        if self._numpy_path():
+            return self.transform(image)
+        # GluonCV builds its image with mx.nd.array's default dtype: float32 holding the 0..255 pixel values.
+        image = mx.nd.array(image, ctx=mx.cpu(0), dtype=np.float32)
+        return image if self.transform is None else self.transform(image)
+
+    def _output_mask(self, mask):
+        if self._numpy_path():
+            return np.asarray(mask, dtype=np.int32)
+        return mx.nd.array(mask, ctx=mx.cpu(0), dtype=np.int32)
+
+    # ----------------------------------------------------------------- GluonCV attributes
+    @property
+    def num_class(self):
+        """Number of classes (GluonCV's name)."""
+        return self.NUM_CLASS
+
+    @property
+    def classes(self):
+        """Class names, index = training id."""
+        return type(self).CLASSES
