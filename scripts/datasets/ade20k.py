@@ -11,10 +11,9 @@ Examples::
     python scripts/datasets/ade20k.py --download-dir ~/archives --no-download
 """
 import os
-import sys
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, extract_once, link_root, new_parser,
-                                  obtain_archive, require_dirs, resolve_dirs)
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+                                  require_dirs, resolve_dirs, run)
 
 _BASE = 'http://data.csail.mit.edu/places/ADEchallenge/'
 
@@ -54,26 +53,16 @@ def verify_ade(root):
 def main(args):
     """Obtain, extract and verify the archives; return the per-split counts."""
     resolve_dirs(args, 'ade')
-    for key in ['trainval'] + (['test'] if args.test else []):
-        archive = ARCHIVES[key]
-        path = obtain_archive(archive, args.download_dir, args.mirror, args.no_download, args.retries,
-                              args.timeout, progress=not args.quiet)
-        extract_once(path, archive, args.root, overwrite=args.overwrite, progress=not args.quiet)
+    fetch_archives(args, {key: ARCHIVES[key] for key in ['trainval'] + (['test'] if args.test else [])})
     counts = verify_ade(args.root)
     if args.test:
         test_dir = os.path.join(args.root, 'release_test', 'testing')
         if not os.path.isdir(test_dir):
             raise PrepareError(f'{test_dir} is missing: release_test.zip was not extracted correctly.')
         counts['testing'] = sum(1 for n in os.listdir(test_dir) if n.endswith('.jpg'))
-    if args.link:
-        link_root(args.link, args.root, replace=args.replace_link)
-    print(f'ADE20K ready in {args.root}')
-    print('  ' + ', '.join(f'{split} {n}' for split, n in counts.items()))
+    finish(args, 'ADE20K', {'ADEChallengeData2016': counts})
     return counts
 
 
 if __name__ == '__main__':
-    try:
-        main(parse_args())
-    except PrepareError as exc:
-        sys.exit(f'error: {exc}')
+    run(main, parse_args)

@@ -11,10 +11,9 @@ Result under ``--root`` (default ``~/.mxnet/datasets/citys``)::
     gtFine/{train,val,test}/<city>/*_gtFine_labelIds.png          (2,975 / 500 / 1,525 images)
 """
 import os
-import sys
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, extract_once, link_root, new_parser,
-                                  obtain_archive, require_dirs, resolve_dirs)
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+                                  obtain_archive, require_dirs, resolve_dirs, run)
 
 _LOGIN_URL = 'https://www.cityscapes-dataset.com/downloads/'
 
@@ -81,19 +80,11 @@ def main(args):
     if args.download_dir is None:
         args.download_dir = os.getcwd()
     resolve_dirs(args, 'citys')
-    for archive in ARCHIVES.values():
-        path = _obtain(archive, args)
-        extract_once(path, archive, args.root, overwrite=args.overwrite, progress=not args.quiet)
+    fetch_archives(args, ARCHIVES, obtain=_obtain)
     counts = verify_citys(args.root)
-    if args.link:
-        link_root(args.link, args.root, replace=args.replace_link)
-    print(f'Cityscapes ready in {args.root}')
-    print('  ' + ', '.join(f'{split} {n}' for split, n in counts.items()))
+    finish(args, 'Cityscapes', {'gtFine + leftImg8bit': counts})
     return counts
 
 
 if __name__ == '__main__':
-    try:
-        main(parse_args())
-    except PrepareError as exc:
-        sys.exit(f'error: {exc}')
+    run(main, parse_args)

@@ -14,10 +14,9 @@ Examples::
     python scripts/datasets/mscoco.py --download-dir ~/archives --no-download
 """
 import os
-import sys
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, extract_once, link_root, new_parser,
-                                  obtain_archive, require_dirs, resolve_dirs)
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+                                  require_dirs, resolve_dirs, run)
 
 _BASE = 'http://images.cocodataset.org/'
 
@@ -64,25 +63,12 @@ def build_id_cache(root):
 def main(args):
     """Obtain, extract and verify the archives, build the id cache; return the counts."""
     resolve_dirs(args, 'coco')
-    for key, archive in ARCHIVES.items():
-        path = obtain_archive(archive, args.download_dir, args.mirror, args.no_download, args.retries,
-                              args.timeout, progress=not args.quiet)
-        extract_once(path, archive, args.root, overwrite=args.overwrite, progress=not args.quiet)
+    fetch_archives(args, ARCHIVES)
     counts = {'images': verify_coco(args.root)}
     if not args.no_cache:
         counts['segmentation'] = build_id_cache(args.root)
-    if args.link:
-        link_root(args.link, args.root, replace=args.replace_link)
-    print(f'COCO 2017 ready in {args.root}')
-    print('  images on disk: ' + ', '.join(f'{s} {n}' for s, n in counts['images'].items()))
-    if 'segmentation' in counts:
-        print('  kept for segmentation (>1000 VOC-class pixels): '
-              + ', '.join(f'{s} {n}' for s, n in counts['segmentation'].items()))
-    return counts
+    return finish(args, 'COCO 2017', counts)
 
 
 if __name__ == '__main__':
-    try:
-        main(parse_args())
-    except PrepareError as exc:
-        sys.exit(f'error: {exc}')
+    run(main, parse_args)

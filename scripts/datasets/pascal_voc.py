@@ -16,10 +16,9 @@ Examples::
     python scripts/datasets/pascal_voc.py --download-dir ~/archives --no-download   # offline
 """
 import os
-import sys
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, extract_once, link_root, new_parser,
-                                  obtain_archive, read_ids, resolve_dirs, write_lines)
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+                                  read_ids, resolve_dirs, run, write_lines)
 
 _VOC_URL = 'http://host.robots.ox.ac.uk/pascal/VOC/'
 _SBD_URL = 'http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/'
@@ -112,28 +111,15 @@ def main(args):
     """Obtain, extract and verify the archives; write the split lists; return the per-split counts."""
     resolve_dirs(args, 'voc')
     keys = ['voc2012', 'sbd'] + (['voc2007_trainval', 'voc2007_test'] if args.voc2007 else [])
-    for key in keys:
-        archive = ARCHIVES[key]
-        path = obtain_archive(archive, args.download_dir, args.mirror, args.no_download, args.retries,
-                              args.timeout, progress=not args.quiet)
-        extract_once(path, archive, args.root, remap=_REMAP[key], overwrite=args.overwrite,
-                     progress=not args.quiet)
+    fetch_archives(args, {key: ARCHIVES[key] for key in keys}, remap=_REMAP)
     counts = {'VOC2012': verify_voc(args.root, '2012'), 'VOCaug': verify_sbd(args.root)}
     if args.voc2007:
         counts['VOC2007'] = verify_voc(args.root, '2007')
     train_aug = compute_train_aug(args.root)
     write_lines(os.path.join(args.root, 'VOCaug', 'dataset', 'train_aug.txt'), train_aug)
     counts['VOCaug']['train_aug'] = len(train_aug)
-    if args.link:
-        link_root(args.link, args.root, replace=args.replace_link)
-    print(f'Pascal VOC ready in {args.root}')
-    for name, splits in counts.items():
-        print(f'  {name}: ' + ', '.join(f'{split} {n}' for split, n in splits.items()))
-    return counts
+    return finish(args, 'Pascal VOC', counts)
 
 
 if __name__ == '__main__':
-    try:
-        main(parse_args())
-    except PrepareError as exc:
-        sys.exit(f'error: {exc}')
+    run(main, parse_args)

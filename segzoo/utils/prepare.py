@@ -8,13 +8,14 @@ ever deleted, except the optional ``--link`` symlink when ``--replace-link`` is 
 import argparse
 import collections
 import os
+import sys
 
 from .archives import extract_archive
 from .download import DownloadError, check_sha1, download, sha1sum
 
 __all__ = ['Archive', 'PrepareError', 'dataset_root', 'add_common_args', 'resolve_dirs', 'archive_url',
            'obtain_archive', 'extract_once', 'link_root', 'read_ids', 'require_dirs', 'write_lines',
-           'new_parser']
+           'new_parser', 'fetch_archives', 'finish', 'run']
 
 Archive = collections.namedtuple('Archive', ['filename', 'url', 'sha1'])
 Archive.__doc__ = 'A published archive: file name, official URL and SHA-1.'
@@ -178,3 +179,37 @@ def write_lines(path, lines):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def fetch_archives(args, archives, obtain=None, remap=None):
+    """Obtain each of ``archives`` (``{key: Archive}``) and extract it once into ``args.root``.
+
+    ``obtain(archive, args) -> path`` replaces the default (a verified copy in ``--download-dir``, else a
+    download); ``remap`` maps a key to the ``extract_once`` remapping of that archive's members.
+    """
+    for key, archive in archives.items():
+        if obtain is None:
+            path = obtain_archive(archive, args.download_dir, args.mirror, args.no_download, args.retries,
+                                  args.timeout, progress=not args.quiet)
+        else:
+            path = obtain(archive, args)
+        extract_once(path, archive, args.root, remap=(remap or {}).get(key), overwrite=args.overwrite,
+                     progress=not args.quiet)
+
+
+def finish(args, title, counts):
+    """Make the optional ``--link``, print ``counts`` (``{group: {split: n}}``) and return them."""
+    if args.link:
+        link_root(args.link, args.root, replace=args.replace_link)
+    print(f'{title} ready in {args.root}')
+    for group, splits in counts.items():
+        print(f'  {group}: ' + ', '.join(f'{split} {n}' for split, n in splits.items()))
+    return counts
+
+
+def run(main, parse_args):
+    """Command-line entry point of a preparation script: a ``PrepareError`` exits with its message."""
+    try:
+        main(parse_args())
+    except PrepareError as exc:
+        sys.exit(f'error: {exc}')
