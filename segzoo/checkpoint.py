@@ -1,0 +1,183 @@
+"""Atomic, resumable training checkpoints in a run directory.
+
+Layout written by :func:`save_checkpoint` (``run_dir`` = ``runs/<dataset>/<model>/<checkname>``)::
+
+    state-<step>.params    weights at global step <step> (GluonCV key format)
+    state-<step>.states    gluon.Trainer states: momentum buffers, update counts (schedule position), optimizer
+    checkpoint.json        the commit record: epoch, iteration, global step, best mIoU, RNG states, args, and the
+                           names of the two files above
+    checkpoint.params      the latest weights (a hard link to / copy of state-<step>.params): what GluonCV's
+                           ``load_parameters``, ``segzoo.get_model(..., pretrained=PATH)`` and the next stage use
+    model_best.params      weights of the best validation mIoU so far (:func:`save_params`)
+
+Every file is written to a temporary name in the same folder, flushed and fsync'ed, then renamed over the old one
+(``os.replace`` is atomic on POSIX and Windows), and the folder is fsync'ed. ``checkpoint.json`` is replaced only
+after both state files are complete, so a crash at any moment leaves either the previous checkpoint or the new one,
+never a mix or a truncated file. Superseded ``state-*`` files are deleted after the commit.
+"""
+import glob
+import json
+import os
+import random
+import shutil
+
+import mxnet as mx
+import numpy as np
+
+__all__ = ['atomic_write', 'write_json', 'save_params', 'save_checkpoint', 'load_checkpoint', 'find_state',
+           'get_rng_state', 'set_rng_state', 'CHECKPOINT_JSON', 'CHECKPOINT_PARAMS', 'BEST_PARAMS']
+
+CHECKPOINT_JSON = 'checkpoint.json'
+CHECKPOINT_PARAMS = 'checkpoint.params'
+BEST_PARAMS = 'model_best.params'
+FORMAT_VERSION = 1
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:      # e.g. Windows cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path):
+    with open(path, 'rb+') as f:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path, write_fn):
+    """Create ``path`` atomically: ``write_fn(tmp_path)`` writes a temporary file, which is fsync'ed and renamed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp{os.getpid()}')
+    try:
+        write_fn(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(folder)
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write)
+
+
+def save_params(net, path):
+    """Save ``net``'s weights (GluonCV key format) to ``path`` atomically."""
+    atomic_write(path, net.save_parameters)
+
+
+def _link_or_copy(src, dst):
+    """Atomically make ``dst`` hold ``src``'s bytes (hard link when the file system allows it)."""
+    def write(tmp):
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    atomic_write(dst, write)
+
+
+def get_rng_state():
+    """Python and NumPy global RNG states as JSON-able data (MXNet's RNG is reseeded per step by train.py)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {'python': [py_version, list(py_state), py_gauss],
+            'numpy': [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)]}
+
+
+def set_rng_state(state):
+    """Inverse of :func:`get_rng_state`."""
+    py_version, py_state, py_gauss = state['python']
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state['numpy']
+    np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+
+
+def save_checkpoint(run_dir, net, trainer, meta):
+    """Write the full training state atomically (see the module docstring).
+
+    Parameters
+    ----------
+    run_dir : str
+    net : gluon.Block
+        Its ``save_parameters`` writes GluonCV keys.
+    trainer : gluon.Trainer
+    meta : dict
+        JSON-able; must hold ``global_step`` (int). Typically also ``epoch``, ``iteration``, ``best_miou``, ``rng``,
+        ``args``.
+    """
+    step = int(meta['global_step'])
+    params_name, states_name = f'state-{step:08d}.params', f'state-{step:08d}.states'
+    save_params(net, os.path.join(run_dir, params_name))
+    atomic_write(os.path.join(run_dir, states_name), trainer.save_states)
+    record = dict(meta, format_version=FORMAT_VERSION, params=params_name, states=states_name)
+    write_json(os.path.join(run_dir, CHECKPOINT_JSON), record)          # commit point
+    _link_or_copy(os.path.join(run_dir, params_name), os.path.join(run_dir, CHECKPOINT_PARAMS))
+    keep = {params_name, states_name}
+    for old in glob.glob(os.path.join(run_dir, 'state-*')):
+        if os.path.basename(old) not in keep:
+            os.remove(old)
+
+
+def find_state(path):
+    """Return the ``checkpoint.json`` path for ``path`` (a run directory or the json itself), or None.
+
+    A ``.params`` file (GluonCV's, or ``checkpoint.params``) is not a full state: it returns None, and the caller
+    loads it as weights only.
+    """
+    if os.path.isdir(path):
+        candidate = os.path.join(path, CHECKPOINT_JSON)
+        if not os.path.isfile(candidate):
+            raise FileNotFoundError(f'--resume {path}: folder has no {CHECKPOINT_JSON} (not a segzoo run directory)')
+        return candidate
+    if path.endswith('.json') or path.endswith('.states'):
+        candidate = os.path.join(os.path.dirname(path), CHECKPOINT_JSON) if path.endswith('.states') else path
+        if not os.path.isfile(candidate):
+            raise FileNotFoundError(f'--resume {path}: {candidate} does not exist')
+        return candidate
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'--resume {path}: file does not exist')
+    return None
+
+
+def load_checkpoint(json_path, net, trainer, ctx_list):
+    """Restore weights and trainer states from a ``checkpoint.json`` written by :func:`save_checkpoint`.
+
+    Build ``net``, set its ``lr_mult``/``wd_mult`` and create ``trainer`` exactly as in a fresh run first:
+    ``Trainer.load_states`` takes the multipliers from the current parameters, not from the file.
+
+    Returns
+    -------
+    dict
+        The checkpoint's metadata (``epoch``, ``iteration``, ``global_step``, ``best_miou``, ``rng``, ``args`` ...).
+    """
+    with open(json_path) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'{json_path} is not valid JSON: {exc}') from exc
+    folder = os.path.dirname(os.path.abspath(json_path))
+    for key in ('params', 'states'):
+        if key not in meta or not os.path.isfile(os.path.join(folder, meta[key])):
+            raise FileNotFoundError(f'{json_path}: the {key} file {meta.get(key)!r} it names is missing')
+    net.load_parameters(os.path.join(folder, meta['params']), ctx=ctx_list)
+    trainer.load_states(os.path.join(folder, meta['states']))
+    return meta
+
+
+def seed_mx(seed):
+    """Seed MXNet's RNG on every device (dropout masks, random initialisers)."""
+    mx.random.seed(int(seed) % (2 ** 31), ctx='all')

@@ -1,0 +1,202 @@
+"""Command-line pieces shared by ``train.py``, ``test.py`` and ``scripts/demo.py``.
+
+Flag names and meanings follow GluonCV's ``scripts/segmentation`` scripts. Where GluonCV's flag was broken the
+meaning is the documented one (see the README):
+
+* ``--model-zoo NAME`` starts from that zoo model's published weights (GluonCV's old behaviour, which the published
+  recipes rely on); ``--no-pretrained`` turns that off. With ``--model/--backbone`` the zoo weights load only with an
+  explicit ``--pretrained``.
+* Devices: ``--ngpus N`` GPUs, or with ``--no-cuda`` CPU contexts: ``--no-cuda`` alone (or ``--ngpus 0``) gives
+  ``[cpu(0)]``; ``--no-cuda --ngpus N`` gives ``[cpu(0), ..., cpu(N-1)]``, N CPU "devices" that split the batch
+  exactly as N GPUs would (used by the tests, and for SyncBN on CPU).
+* ``--resume PATH``: a ``.params`` file loads weights only (test.py, demo.py, and train.py's "new stage"); train.py
+  also takes a run directory or its ``checkpoint.json`` and then continues the full state (``segzoo.checkpoint``).
+* Run directory: ``runs/<dataset>/<model family>/<checkname>/`` unless ``--save-dir``; for ``--model-zoo`` the family
+  is the zoo name's method (``deeplab_resnet101_coco`` -> ``deeplab``), so the published VOC stage 2 finds stage 1's
+  ``runs/pascal_aug/deeplab/res101/checkpoint.params``.
+"""
+import argparse
+import logging
+import os
+
+import mxnet as mx
+
+__all__ = ['add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_norm_layer',
+           'resolve_pretrained', 'model_family', 'build_model', 'run_dir', 'setup_logger']
+
+DEFAULT_MODEL_ROOT = os.path.join('~', '.mxnet', 'models')
+
+
+def add_model_args(parser):
+    """Add the model flags (``--model``, ``--model-zoo``, ``--backbone``, ``--aux``, ``--syncbn``, ...)."""
+    group = parser.add_argument_group('model')
+    group.add_argument('--model', type=str, default='fcn',
+                       help='method for get_segmentation_model: fcn, psp, deeplab, deeplabplus (default: fcn)')
+    group.add_argument('--model-zoo', type=str, default=None, metavar='NAME',
+                       help='build a model-zoo network, e.g. deeplab_resnet101_coco; loads its published weights '
+                            'unless --no-pretrained')
+    group.add_argument('--pretrained', dest='pretrained', action='store_true', default=None,
+                       help='load published zoo weights (implied by --model-zoo)')
+    group.add_argument('--no-pretrained', dest='pretrained', action='store_false',
+                       help='with --model-zoo: start from ImageNet backbone / random weights instead')
+    group.add_argument('--backbone', type=str, default='resnet50',
+                       help='backbone: resnet50, resnet101, resnet152, resnet_tiny (default: resnet50)')
+    group.add_argument('--aux', action='store_true', default=False, help='add the auxiliary FCN head on stage 3')
+    group.add_argument('--syncbn', action='store_true', default=False,
+                       help='mx.gluon.contrib.nn.SyncBatchNorm across the devices (threaded forwards)')
+    group.add_argument('--no-pretrained-base', dest='pretrained_base', action='store_false', default=True,
+                       help='do not load ImageNet weights into the backbone (offline/random start)')
+    group.add_argument('--model-root', type=str, default=DEFAULT_MODEL_ROOT,
+                       help='where published weights are cached (default: ~/.mxnet/models)')
+    group.add_argument('--resume', type=str, default=None, metavar='PATH',
+                       help='a .params file (GluonCV\'s or checkpoint.params): weights only; train.py also takes a '
+                            'run directory or its checkpoint.json: the full state, continued exactly')
+    return group
+
+
+def add_data_args(parser, default_dataset='pascal_aug'):
+    """Add ``--dataset``, ``--dataset-root``, ``--workers``, ``--base-size``, ``--crop-size``."""
+    group = parser.add_argument_group('data')
+    group.add_argument('--dataset', type=str, default=default_dataset,
+                       help=f'pascal_voc, pascal_aug, coco, ade20k, citys (default: {default_dataset})')
+    group.add_argument('--dataset-root', type=str, default=None,
+                       help="the dataset's root folder (default: the dataset's ~/.mxnet/datasets/ folder)")
+    group.add_argument('--workers', type=int, default=16, help='DataLoader worker processes (default: 16)')
+    group.add_argument('--base-size', type=int, default=520, help='base image size (default: 520)')
+    group.add_argument('--crop-size', type=int, default=480, help='crop size (default: 480)')
+    return group
+
+
+def add_device_args(parser):
+    """Add ``--ngpus``, ``--no-cuda``, ``--kvstore``, ``--dtype``."""
+    group = parser.add_argument_group('devices')
+    group.add_argument('--ngpus', type=int, default=None,
+                       help='number of GPUs (default: all visible); with --no-cuda, number of CPU contexts')
+    group.add_argument('--no-cuda', action='store_true', default=False, help='run on CPU')
+    group.add_argument('--kvstore', type=str, default=None,
+                       help="kvstore for gradient reduction (default: 'device' on GPUs, 'local' on CPU)")
+    group.add_argument('--dtype', type=str, default='float32', choices=('float32', 'float16'),
+                       help='float16 casts the model and keeps float32 master weights (GPU only)')
+    return group
+
+
+def get_contexts(args):
+    """Contexts from ``--ngpus`` / ``--no-cuda``.
+
+    Returns
+    -------
+    list of mx.Context
+        ``[gpu(0), ..., gpu(N-1)]``; with ``--no-cuda``, ``[cpu(0)]`` or ``[cpu(0), ..., cpu(N-1)]`` for ``--ngpus N``.
+    """
+    if args.no_cuda:
+        return [mx.cpu(i) for i in range(max(args.ngpus or 1, 1))]
+    num_visible = mx.context.num_gpus()
+    ngpus = num_visible if args.ngpus is None else args.ngpus
+    if ngpus <= 0 or num_visible == 0:
+        raise SystemExit(f'error: no GPU available (--ngpus {args.ngpus}, {num_visible} visible GPUs); '
+                         'pass --no-cuda to run on CPU')
+    if ngpus > num_visible:
+        raise SystemExit(f'error: --ngpus {ngpus} but only {num_visible} GPUs are visible')
+    return [mx.gpu(i) for i in range(ngpus)]
+
+
+def get_kvstore(args, ctx_list):
+    """``--kvstore`` or the default: 'device' on GPUs, 'local' on CPU (GluonCV's choice)."""
+    if args.kvstore:
+        return args.kvstore
+    return 'local' if ctx_list[0].device_type == 'cpu' else 'device'
+
+
+def get_norm_layer(syncbn, num_devices):
+    """``(norm_layer, norm_kwargs)``: SyncBatchNorm over ``num_devices`` with ``--syncbn``, else BatchNorm."""
+    if syncbn:
+        return mx.gluon.contrib.nn.SyncBatchNorm, {'num_devices': num_devices}
+    return mx.gluon.nn.BatchNorm, None
+
+
+def resolve_pretrained(args):
+    """True when published zoo weights should load: ``--model-zoo`` unless ``--no-pretrained``, else ``--pretrained``."""
+    if args.pretrained is None:
+        return bool(args.model_zoo)
+    return args.pretrained
+
+
+def model_family(args):
+    """The model family used in run directories: the zoo name's method, or ``--model``."""
+    if args.model_zoo:
+        return args.model_zoo.split('_')[0]
+    return args.model
+
+
+def run_dir(args):
+    """``--save-dir`` or ``runs/<dataset>/<model family>/<checkname>``."""
+    if getattr(args, 'save_dir', None):
+        return args.save_dir
+    return os.path.join('runs', args.dataset, model_family(args), getattr(args, 'checkname', 'default'))
+
+
+def build_model(args, ctx_list, weights=None, dataset=None):
+    """Build the network named by the model flags, initialised on ``ctx_list``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed model/device flags.
+    ctx_list : list of mx.Context
+    weights : str or None
+        A ``.params`` file (GluonCV's or segzoo's ``checkpoint.params``) loaded strictly after construction.
+    dataset : str or None
+        Dataset deciding the class count for ``--model``; default ``args.dataset``.
+
+    Returns
+    -------
+    segzoo Segmentor
+        Its forward gives a tuple of logits ``(B, num_classes, H, W)``.
+    """
+    from segzoo.model_zoo import get_model, get_segmentation_model
+    norm_layer, norm_kwargs = get_norm_layer(args.syncbn, len(ctx_list))
+    pretrained = resolve_pretrained(args)
+    if weights:
+        pretrained = False     # the file replaces every weight; skip the download
+    # None lets the zoo decide: ImageNet weights when they exist and nothing else is loaded.
+    pretrained_base = None if args.pretrained_base and not weights else False
+    common = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs, pretrained_base=pretrained_base,
+                  root=args.model_root, ctx=ctx_list)
+    if args.model_zoo:
+        # A zoo name keeps the zoo's structure (aux head included, as GluonCV's zoo and old train.py), so its
+        # published weights always load; the loss follows the network (``net.aux_head``).
+        net = get_model(args.model_zoo, pretrained=pretrained, **common)
+    else:
+        net = get_segmentation_model(model=args.model, dataset=dataset or args.dataset, backbone=args.backbone,
+                                     aux=args.aux, pretrained=pretrained, **common)
+    if weights:
+        if not os.path.isfile(weights):
+            raise SystemExit(f'error: weights file {weights!r} does not exist')
+        net.load_parameters(weights, ctx=ctx_list)
+    return net
+
+
+def setup_logger(log_file=None, level=logging.INFO):
+    """Log to stderr and, if given, to ``log_file`` (appending); returns the 'segzoo' logger."""
+    logger = logging.getLogger('segzoo')
+    logger.setLevel(level)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter('%(asctime)s %(message)s')
+    stream = logging.StreamHandler()
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    logger.propagate = False
+    return logger
+
+
+def base_parser(description):
+    """An ``ArgumentParser`` with defaults shown."""
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,0 +1,154 @@
+"""segzoo.checkpoint: full-state round trip, atomic writes under simulated crashes and a real SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+from segzoo import checkpoint as ckpt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _net_and_trainer(seed=0):
+    mx.random.seed(seed)
+    net = gluon.nn.Dense(3, in_units=4)
+    net.initialize(mx.init.Normal(0.5))
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1, 'momentum': 0.9}, kvstore=None)
+    return net, trainer
+
+
+def _step(net, trainer, x):
+    with autograd.record():
+        loss = (net(x) ** 2).sum()
+    loss.backward()
+    trainer.step(x.shape[0])
+
+
+def _weights(net):
+    return {k.split('_', 1)[1]: v.data().asnumpy() for k, v in net.collect_params().items()}
+
+
+def test_round_trip_restores_weights_momentum_and_update_count(tmp_path):
+    x = mx.nd.array(np.random.RandomState(0).randn(2, 4))
+    net, trainer = _net_and_trainer()
+    for _ in range(3):
+        _step(net, trainer, x)
+    ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': 3, 'epoch': 0, 'rng': ckpt.get_rng_state()})
+    _step(net, trainer, x)
+    expected = _weights(net)
+
+    other, other_trainer = _net_and_trainer(seed=1)        # different weights before loading
+    meta = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), other, other_trainer, [mx.cpu()])
+    assert meta['global_step'] == 3 and other_trainer.optimizer.num_update == 3
+    _step(other, other_trainer, x)                          # uses the restored momentum
+    for key, value in expected.items():
+        np.testing.assert_array_equal(_weights(other)[key], value)
+    files = sorted(os.listdir(tmp_path))
+    assert files == ['checkpoint.json', 'checkpoint.params', 'state-00000003.params', 'state-00000003.states']
+
+
+def test_old_state_files_are_replaced(tmp_path):
+    net, trainer = _net_and_trainer()
+    for step in (1, 2):
+        ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': step})
+    assert not os.path.exists(tmp_path / 'state-00000001.params')
+    assert json.loads((tmp_path / 'checkpoint.json').read_text())['params'] == 'state-00000002.params'
+
+
+def test_rng_state_round_trip():
+    import random
+    random.seed(3)
+    np.random.seed(4)
+    state = json.loads(json.dumps(ckpt.get_rng_state()))   # survives JSON
+    expected = (random.random(), np.random.rand())
+    random.seed(99)
+    np.random.seed(99)
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand()) == expected
+
+
+@pytest.mark.parametrize('crash_in', ['params', 'states', 'json'])
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, crash_in):
+    net, trainer = _net_and_trainer()
+    ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': 1})
+    good = _weights(net)
+    _step(net, trainer, mx.nd.ones((2, 4)))
+
+    def crash(path, *args, **kwargs):
+        with open(path, 'wb') as f:                        # a half-written temporary file ...
+            f.write(b'\x00' * 7)
+        raise KeyboardInterrupt('simulated kill')          # ... then the process dies
+
+    if crash_in == 'params':
+        monkeypatch.setattr(net, 'save_parameters', crash)
+    elif crash_in == 'states':
+        monkeypatch.setattr(trainer, 'save_states', crash)
+    else:
+        monkeypatch.setattr(json, 'dump', lambda obj, f, **kw: (f.write('{"trunc'), crash(f.name))[1])
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': 2})
+    monkeypatch.undo()
+
+    assert not [f for f in os.listdir(tmp_path) if '.tmp' in f]      # temporaries cleaned up
+    fresh, fresh_trainer = _net_and_trainer(seed=5)
+    meta = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), fresh, fresh_trainer, [mx.cpu()])
+    assert meta['global_step'] == 1
+    for key, value in good.items():
+        np.testing.assert_array_equal(_weights(fresh)[key], value)
+    loaded = mx.nd.load(str(tmp_path / 'checkpoint.params'))             # the public file is intact too
+    assert sorted(loaded) == sorted(good)
+
+
+def test_sigkill_while_saving_never_leaves_a_corrupt_checkpoint(tmp_path):
+    """A real kill -9 at an arbitrary moment of a save loop: what is on disk always loads."""
+    script = textwrap.dedent(f'''
+        import sys, mxnet as mx
+        sys.path.insert(0, {ROOT!r})
+        from mxnet import gluon
+        from segzoo import checkpoint as ckpt
+        net = gluon.nn.Dense(512, in_units=512)
+        net.initialize()
+        trainer = gluon.Trainer(net.collect_params(), 'sgd', {{'learning_rate': 0.1, 'momentum': 0.9}}, kvstore=None)
+        step = 0
+        while True:
+            step += 1
+            net.weight.set_data(mx.nd.full(net.weight.shape, step))
+            ckpt.save_checkpoint({str(tmp_path)!r}, net, trainer, {{'global_step': step}})
+            print(step, flush=True)
+    ''')
+    for delay in (1.5, 2.2):
+        proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == '1'     # the first save finished; kill during later ones
+            time.sleep(delay)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        record = json.loads((tmp_path / 'checkpoint.json').read_text())
+        params = mx.nd.load(str(tmp_path / record['params']))
+        assert float(params['weight'][0, 0].asscalar()) == record['global_step']
+        assert os.path.getsize(tmp_path / record['states']) > 0
+        public = mx.nd.load(str(tmp_path / 'checkpoint.params'))   # complete (this or the previous save)
+        assert float(public['weight'][0, 0].asscalar()) in (record['global_step'], record['global_step'] - 1)
+
+
+def test_find_state_kinds(tmp_path):
+    with pytest.raises(FileNotFoundError, match='no checkpoint.json'):
+        ckpt.find_state(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        ckpt.find_state(str(tmp_path / 'missing.params'))
+    params = tmp_path / 'w.params'
+    params.write_bytes(b'x')
+    assert ckpt.find_state(str(params)) is None                # weights only
+    (tmp_path / 'checkpoint.json').write_text('{}')
+    assert ckpt.find_state(str(tmp_path)) == str(tmp_path / 'checkpoint.json')
+    with pytest.raises(FileNotFoundError, match='params file'):
+        ckpt.load_checkpoint(str(tmp_path / 'checkpoint.json'), None, None, [mx.cpu()])

@@ -1,0 +1,72 @@
+"""segzoo.lr_scheduler against GluonCV's LRScheduler/LRSequential (the oracle), and the optimizer's use of it."""
+import math
+
+import mxnet as mx
+import pytest
+from gluoncv.utils import LRScheduler, LRSequential
+
+from segzoo.lr_scheduler import IterationScheduler, SequentialScheduler, get_lr_scheduler
+
+
+def _gluoncv_schedule(mode, lr, epochs, iters, warmup, power):
+    """What GluonCV's train.py builds."""
+    return LRSequential([
+        LRScheduler('linear', base_lr=0, target_lr=lr, nepochs=warmup, iters_per_epoch=iters),
+        LRScheduler(mode, base_lr=lr, nepochs=epochs - warmup, iters_per_epoch=iters, power=power),
+    ])
+
+
+@pytest.mark.parametrize('mode,epochs,iters,warmup,power', [
+    ('poly', 5, 7, 0, 0.9),
+    ('poly', 4, 3, 1, 0.9),
+    ('cosine', 3, 5, 0, 0.9),
+    ('cosine', 6, 4, 2, 0.9),
+    ('poly', 2, 10, 0, 2.0),
+])
+def test_matches_gluoncv(mode, epochs, iters, warmup, power):
+    ours = get_lr_scheduler(mode, 0.01, epochs, iters, warmup_epochs=warmup, power=power)
+    theirs = _gluoncv_schedule(mode, 0.01, epochs, iters, warmup, power)
+    # n = 0 .. total + 3 covers the warm-up, the decay, both boundaries and the clamping past the end.
+    for n in range(epochs * iters + 4):
+        assert ours(n) == pytest.approx(theirs(n), rel=1e-12, abs=1e-15), n
+
+
+def test_first_and_last_steps_by_hand():
+    lr, epochs, iters = 0.001, 2, 5
+    schedule = get_lr_scheduler('poly', lr, epochs, iters)
+    total = epochs * iters
+    assert schedule(1) == pytest.approx(lr * (1 - 1 / (total - 1)) ** 0.9)   # the optimizer's first step is n=1
+    assert schedule(total - 1) == 0.0 and schedule(total) == 0.0             # the last two steps get lr 0
+
+
+def test_single_iteration_phase_keeps_start_rate():
+    # GluonCV divides by zero here (niters - 1 == 0); segzoo keeps the start rate.
+    assert IterationScheduler('poly', 0.1, 0.0, niters=1)(1) == 0.1
+    assert get_lr_scheduler('poly', 0.1, 1, 1)(1) == 0.1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='unknown lr schedule mode'):
+        IterationScheduler('exp', 0.1)
+    with pytest.raises(ValueError, match='warmup'):
+        get_lr_scheduler('poly', 0.1, 2, 3, warmup_epochs=3)
+    with pytest.raises(ValueError):
+        SequentialScheduler([])
+
+
+def test_trainer_reads_schedule_at_incremented_update_count():
+    """Through gluon.Trainer: step k (1-based) uses lr(k), as with GluonCV's schedule."""
+    param = mx.gluon.Parameter('w', shape=(1,), init=mx.init.One())
+    param.initialize(ctx=mx.cpu())
+    ours = get_lr_scheduler('poly', 0.5, 2, 3)
+    theirs = _gluoncv_schedule('poly', 0.5, 2, 3, 0, 0.9)
+    trainer = mx.gluon.Trainer([param], 'sgd', {'learning_rate': 0.5, 'lr_scheduler': ours}, kvstore=None)
+    for k in range(1, 7):
+        before = param.data().asscalar()
+        with mx.autograd.record():
+            loss = param.data() * 1.0
+        loss.backward()
+        trainer.step(1)
+        # plain SGD, gradient 1: the weight moves by exactly the step's lr
+        assert before - param.data().asscalar() == pytest.approx(theirs(k), rel=1e-5, abs=1e-7)
+        assert math.isclose(trainer.learning_rate, ours(k))
