@@ -24,55 +24,15 @@ import shutil
 import mxnet as mx
 import numpy as np
 
-__all__ = ['atomic_write', 'write_json', 'save_params', 'save_checkpoint', 'load_checkpoint', 'find_state',
+from .utils.fileio import atomic_write, write_json
+
+__all__ = ['save_params', 'save_checkpoint', 'load_checkpoint', 'find_state',
            'get_rng_state', 'set_rng_state', 'CHECKPOINT_JSON', 'CHECKPOINT_PARAMS', 'BEST_PARAMS']
 
 CHECKPOINT_JSON = 'checkpoint.json'
 CHECKPOINT_PARAMS = 'checkpoint.params'
 BEST_PARAMS = 'model_best.params'
 FORMAT_VERSION = 1
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:      # e.g. Windows cannot open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path):
-    with open(path, 'rb+') as f:
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write(path, write_fn):
-    """Create ``path`` atomically: ``write_fn(tmp_path)`` writes a temporary file, which is fsync'ed and renamed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp{os.getpid()}')
-    try:
-        write_fn(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
-
-
-def write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1)
-    atomic_write(path, write)
 
 
 def save_params(net, path):

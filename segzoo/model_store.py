@@ -9,6 +9,7 @@ import os
 import zipfile
 
 from .utils.download import DownloadError, FileLock, check_sha1, download, sha1sum
+from .utils.fileio import fsync_replace
 
 __all__ = ['MODEL_SHA1', 'UNPUBLISHED', 'DEFAULT_REPO', 'PretrainedUnavailableError', 'ModelFileError',
            'has_pretrained', 'short_hash', 'default_root', 'model_url', 'model_file_path', 'get_model_file']
@@ -131,9 +132,7 @@ def _extract_params(zip_path, params_path):
         with zf.open(matches[0]) as src, open(tmp, 'wb') as dst:
             for block in iter(lambda: src.read(1 << 20), b''):
                 dst.write(block)
-            dst.flush()
-            os.fsync(dst.fileno())
-    os.replace(tmp, params_path)
+    fsync_replace(tmp, params_path)
 
 
 class _CorruptZip(ModelFileError):

@@ -4,11 +4,11 @@ T.-Y. Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014, arXiv:
 """
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
+from ..utils.fileio import write_json
 from .base import DatasetError, SegmentationDataset, default_root, make_label_lut, map_labels
 from .pascal_voc import VOC_CLASSES
 
@@ -141,7 +141,10 @@ class COCOSegmentation(SegmentationDataset):
         if cached is not None and cached.get('key') == key:
             return cached['ids']
         ids = self._build_ids()
-        _write_json_atomic(self.cache_file, {'key': key, 'ids': ids})
+        try:
+            write_json(self.cache_file, {'key': key, 'ids': ids}, indent=None)
+        except OSError as err:  # e.g. a read-only dataset folder: go on without a cache
+            warnings.warn(f'cannot write the COCO id cache {self.cache_file} ({err}); it will be rebuilt next time')
         return ids
 
     def _build_ids(self):
@@ -164,22 +167,3 @@ def _read_json(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomic(path, content):
-    """Write JSON to ``path`` via a temporary file and a rename; warn (and go on) if the folder is read-only."""
-    folder = os.path.dirname(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path), suffix='.tmp')
-    except OSError as err:
-        warnings.warn(f'cannot write the COCO id cache {path} ({err}); it will be rebuilt next time')
-        return
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

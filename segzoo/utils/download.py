@@ -14,6 +14,8 @@ import time
 import requests
 from tqdm import tqdm
 
+from .fileio import fsync_replace
+
 __all__ = ['DownloadError', 'check_sha1', 'sha1sum', 'download', 'FileLock']
 
 _LOG = logging.getLogger(__name__)
@@ -77,12 +79,6 @@ def _resolve_path(url, path):
     if os.path.isdir(path):
         return os.path.abspath(os.path.join(path, name))
     return os.path.abspath(path)
-
-
-def _fsync_replace(src, dst):
-    with open(src, 'rb+') as f:
-        os.fsync(f.fileno())
-    os.replace(src, dst)
 
 
 def _content_range_start(header):
@@ -219,7 +215,7 @@ def download(url, path=None, sha1_hash=None, overwrite=False, retries=5, timeout
             raise DownloadError(f'Downloaded {url} to {path} but its SHA-1 is {actual}, expected {sha1_hash}. '
                                 'The file on the server may differ from the published one (check the mirror, '
                                 'MXNET_GLUON_REPO or --mirror), or the transfer was corrupted.', url, path)
-        _fsync_replace(part, path)
+        fsync_replace(part, path)
         return path
     detail = '; '.join(failures[-3:])
     raise DownloadError(f'Downloading {url} to {path} failed after {retries} attempt(s): {detail}. '

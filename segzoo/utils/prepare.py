@@ -12,6 +12,7 @@ import sys
 
 from .archives import extract_archive
 from .download import DownloadError, check_sha1, download, sha1sum
+from .fileio import write_lines
 
 __all__ = ['Archive', 'PrepareError', 'dataset_root', 'add_common_args', 'resolve_dirs', 'archive_url',
            'obtain_archive', 'extract_once', 'link_root', 'read_ids', 'require_dirs', 'write_lines',
@@ -169,16 +170,6 @@ def new_parser(description):
     """An ``argparse`` parser with the scripts' formatting."""
     return argparse.ArgumentParser(description=description,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-
-def write_lines(path, lines):
-    """Write ``lines`` (one per line) to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.writelines(f'{line}\n' for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fetch_archives(args, archives, obtain=None, remap=None):
