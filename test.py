@@ -25,15 +25,21 @@ Evaluation paths:
 
 ``main(args)`` returns the metrics dict that it also writes to ``<out-dir>/metrics.json``.
 """
-import json
 import os
 import time
 
 import mxnet as mx
 import numpy as np
+from tqdm import tqdm
 
 from segzoo import cli
+from segzoo.data import NUM_CLASS, get_segmentation_dataset
+from segzoo.data.loader import get_dataloader
+from segzoo.data.transforms import ImageNormalize
 from segzoo.inference import FUSIONS, parallel_predict, predict_whole
+from segzoo.utils.fileio import write_json
+from segzoo.utils.metrics import SegmentationMetric, class_iou_table
+from segzoo.utils.viz import get_color_pallete
 
 # Where the PASCAL VOC evaluation server expects segmentation results (competition 6: outside data allowed).
 VOC_TEST_LAYOUT = os.path.join('results', 'VOC2012', 'Segmentation', 'comp6_test_cls')
@@ -120,8 +126,6 @@ def load_network(args, ctx_list, num_classes=None):
 
 def get_test_set(args):
     """The evaluation dataset (segzoo's image normalisation; masks kept for val/testval)."""
-    from segzoo.data import get_segmentation_dataset
-    from segzoo.data.transforms import ImageNormalize
     kwargs = dict(split=args.split, mode=args.mode, transform=ImageNormalize(), base_size=args.base_size,
                   crop_size=args.crop_size)
     if args.dataset_root:
@@ -174,36 +178,15 @@ def prediction_path(out_dir, dataset, mode, image_name):
 
 def save_prediction_png(pred, path, dataset):
     """Palette PNG of class ids; for ADE20K the palette's +1 writes ``pred + pred_offset`` (ids 1..150)."""
-    from segzoo.utils.viz import get_color_pallete
     os.makedirs(os.path.dirname(path), exist_ok=True)
     get_color_pallete(pred, dataset).save(path)
 
 
 # ------------------------------------------------------------------------------------------------ reporting
-def class_iou_table(class_iou, class_names):
-    """Text table: one line per class with its IoU in percent."""
-    names = list(class_names) if class_names else [str(i) for i in range(len(class_iou))]
-    width = max(len(n) for n in names + ['class'])
-    lines = [f'  {"class":<{width}}  IoU (%)']
-    lines += [f'  {name:<{width}}  {100 * iou:7.2f}' for name, iou in zip(names, class_iou)]
-    return '\n'.join(lines)
-
-
-def write_json(path, record):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------ runs
 def run_dataset(net, dataset, args, ctx_list):
     """Predict every image of ``dataset``; update the metric (labelled modes) and write PNGs (``--save-pred``)."""
-    from tqdm import tqdm
 
-    from segzoo.data.loader import get_dataloader
-    from segzoo.utils.metrics import SegmentationMetric
     settings = multi_eval_settings(args)
     labelled = args.mode != 'test'
     metric = SegmentationMetric(dataset.NUM_CLASS) if labelled else None
@@ -231,7 +214,6 @@ def run_dataset(net, dataset, args, ctx_list):
 
 def run_benchmark(net, args, ctx):
     """Forward latency of the network on dummy (batch, 3, S, S) inputs after a warm-up."""
-    from tqdm import tqdm
     batch = args.batch_size or 1
     shape = (batch, 3, args.image_shape, args.image_shape)
     data = mx.nd.random.uniform(-1.0, 1.0, shape=shape, ctx=ctx)
@@ -260,7 +242,6 @@ def main(args):
         write_json(os.path.join(args.out_dir, 'metrics.json'), record)
         return record
 
-    from segzoo.data import NUM_CLASS
     net = load_network(args, ctx_list, NUM_CLASS.get(args.dataset))
     args.base_size = args.base_size or getattr(net, 'base_size', 520)
     args.crop_size = args.crop_size or getattr(net, 'crop_size', 480)

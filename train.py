@@ -45,11 +45,18 @@ if __name__ == '__main__':
 import mxnet as mx  # noqa: E402  (after the engine preset above)
 import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from segzoo import checkpoint as ckpt  # noqa: E402
 from segzoo import cli  # noqa: E402
+from segzoo.data import get_segmentation_dataset  # noqa: E402
+from segzoo.data.loader import get_dataloader  # noqa: E402
+from segzoo.data.transforms import ImageNormalize  # noqa: E402
+from segzoo.loss import MixSoftmaxCrossEntropyLoss  # noqa: E402
 from segzoo.lr_scheduler import get_lr_scheduler  # noqa: E402
 from segzoo.optimizer import SGDW  # noqa: F401,E402  (registers 'sgdw' with MXNet)
+from segzoo.utils.fileio import atomic_write, write_json  # noqa: E402
+from segzoo.utils.metrics import SegmentationMetric, class_iou_table  # noqa: E402
 from segzoo.utils.parallel import parallel_apply, split_batch  # noqa: E402
 
 DEFAULT_TRAIN_SPLIT = {'pascal_aug': 'train_aug'}
@@ -115,8 +122,6 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------- data
 def get_datasets(args):
     """Training and validation datasets with segzoo's image normalisation."""
-    from segzoo.data import get_segmentation_dataset
-    from segzoo.data.transforms import ImageNormalize
     common = dict(transform=ImageNormalize(), base_size=args.base_size, crop_size=args.crop_size)
     if args.dataset_root:
         common['root'] = args.dataset_root
@@ -130,7 +135,6 @@ def get_datasets(args):
 def make_loaders(train_set, val_set, args):
     """Training loader (shuffled, GluonCV's ``last_batch='rollover'``, per-sample seeds from ``--seed`` and the
     epoch, so an epoch can be replayed from any batch) and validation loader (every image once: ``'keep'``)."""
-    from segzoo.data.loader import get_dataloader
     train = val = None
     if train_set is not None:
         train = get_dataloader(train_set, args.batch_size, shuffle=True, last_batch='rollover',
@@ -165,7 +169,6 @@ def make_trainer(net, args, iters_per_epoch, kvstore):
 
 
 def make_loss(args, aux):
-    from segzoo.loss import MixSoftmaxCrossEntropyLoss
     return MixSoftmaxCrossEntropyLoss(aux=aux, aux_weight=args.aux_weight, gluoncv_compat=args.gluoncv_loss,
                                       dice_weight=args.dice_weight)
 
@@ -189,7 +192,6 @@ def train_step(net, loss_fn, trainer, image, label, ctx_list, threaded, dtype):
 
 def evaluate(net, loader, ctx_list, num_classes, dtype='float32'):
     """Single-scale validation over every image of ``loader``; returns the filled SegmentationMetric."""
-    from segzoo.utils.metrics import SegmentationMetric
     metric = SegmentationMetric(num_classes)
     for image, label in loader:
         devices = ctx_list[:image.shape[0]]
@@ -197,14 +199,6 @@ def evaluate(net, loader, ctx_list, num_classes, dtype='float32'):
                  for x in split_batch(image, devices)]
         metric.update(split_batch(label, devices), preds)   # sync: asnumpy inside the metric
     return metric
-
-
-def format_class_iou(metric, class_names):
-    """A text table of per-class IoU (%)."""
-    ious = metric.get_class_iou()
-    names = list(class_names) if class_names else [str(i) for i in range(len(ious))]
-    width = max(len(n) for n in names)
-    return '\n'.join(f'  {name:<{width}}  {100 * iou:6.2f}' for name, iou in zip(names, ious))
 
 
 def _loss_sum(losses, ctx):
@@ -256,7 +250,7 @@ def plot_curves(run_dir):
     for ax in axes:
         ax.set_xlabel('epoch')
     fig.tight_layout()
-    ckpt.atomic_write(os.path.join(run_dir, 'curves.png'), lambda tmp: fig.savefig(tmp, format='png'))
+    atomic_write(os.path.join(run_dir, 'curves.png'), lambda tmp: fig.savefig(tmp, format='png'))
     plt.close(fig)
 
 
@@ -300,7 +294,6 @@ def train_one_epoch(net, loader, loss_fn, trainer, ctx_list, args, run_dir, prog
     tuple
         (mean loss of the batches run, seconds, images seen, whether the epoch was completed).
     """
-    from tqdm import tqdm
     threaded = args.syncbn and len(ctx_list) > 1
     epoch = progress['epoch']
     loader.set_epoch(epoch, skip_batches=progress['iteration'])
@@ -364,7 +357,7 @@ def main(args):
     os.makedirs(run_dir, exist_ok=True)
     logger = cli.setup_logger(os.path.join(run_dir, 'train.log'))
     logger.info(f'run directory: {run_dir}')
-    ckpt.write_json(os.path.join(run_dir, 'args.json'), vars(args))
+    write_json(os.path.join(run_dir, 'args.json'), vars(args))
     random.seed(args.seed)
     np.random.seed(args.seed)
     ckpt.seed_mx(args.seed)
@@ -398,7 +391,7 @@ def main(args):
     if args.eval:
         metric, pix_acc, miou = _validate(net, val_data, ctx_list, num_classes, args)
         logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  mIoU {100 * miou:.2f}\nper-class IoU (%):\n'
-                    + format_class_iou(metric, class_names))
+                    + class_iou_table(metric.get_class_iou(), class_names))
         return {'pixAcc': pix_acc, 'mIoU': miou, 'class_iou': metric.get_class_iou().tolist()}
 
     loss_fn = make_loss(args, net.aux_head is not None)
@@ -433,7 +426,7 @@ def main(args):
                         f'--resume {run_dir}')
             return result
     if metric is not None:
-        logger.info('per-class IoU (%) on the last validation:\n' + format_class_iou(metric, class_names))
+        logger.info('per-class IoU (%) on the last validation:\n' + class_iou_table(metric.get_class_iou(), class_names))
         result['class_iou'] = metric.get_class_iou().tolist()
     return result
 

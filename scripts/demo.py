@@ -18,7 +18,10 @@ import numpy as np
 from PIL import Image
 
 from segzoo import cli
+from segzoo.data import DATASETS
+from segzoo.data.transforms import ImageNormalize
 from segzoo.inference import predict
+from segzoo.utils.viz import save_prediction
 
 # zoo-name suffix -> dataset whose classes and palette the model uses
 _ZOO_SUFFIX_DATASET = {'voc': 'pascal_voc', 'coco': 'coco', 'ade': 'ade20k', 'citys': 'citys'}
@@ -67,7 +70,6 @@ def segment(net, rgb, ctx, scales=(1.0,), flip=False, base_size=None, crop_size=
     One forward pass on the whole image by default; with more scales or ``flip``, GluonCV's multi-scale protocol
     at ``base_size``/``crop_size`` with softmax fusion.
     """
-    from segzoo.data.transforms import ImageNormalize
     image = mx.nd.array(ImageNormalize()(rgb), ctx=ctx)
     if list(scales) == [1.0] and not flip:
         scores = predict(net, image, fusion='softmax')
@@ -86,8 +88,6 @@ def class_shares(pred, class_names):
 
 def main(args):
     """Run the demo; returns ``{'mask': path, 'overlay': path, 'classes': {name: share}}``."""
-    from segzoo.data import DATASETS
-    from segzoo.utils.viz import save_prediction
     ctx_list = cli.get_contexts(args)[:1]
     rgb = read_image(args.image)
     net = cli.build_model(args, ctx_list, weights=args.resume)

@@ -21,6 +21,8 @@ import os
 
 import mxnet as mx
 
+from .model_zoo import get_model, get_segmentation_model
+
 __all__ = ['add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_norm_layer',
            'resolve_pretrained', 'model_family', 'build_model', 'run_dir', 'setup_logger']
 
@@ -153,7 +155,6 @@ def build_model(args, ctx_list, weights=None, dataset=None):
     segzoo Segmentor
         Its forward gives a tuple of logits ``(B, num_classes, H, W)``.
     """
-    from segzoo.model_zoo import get_model, get_segmentation_model
     norm_layer, norm_kwargs = get_norm_layer(args.syncbn, len(ctx_list))
     pretrained = resolve_pretrained(args)
     if weights:

@@ -134,3 +134,20 @@ class SegmentationMetric:
         else:
             miou = iou.mean()
         return float(pix_acc), float(miou)
+
+
+def class_iou_table(class_iou, class_names=None):
+    """Text table with one line per class and its IoU in percent (train.py and test.py print it).
+
+    Parameters
+    ----------
+    class_iou : sequence of float
+        Per-class IoU in [0, 1], e.g. ``SegmentationMetric.get_class_iou()``.
+    class_names : sequence of str, optional
+        Names in class order; class indices are shown when omitted.
+    """
+    names = list(class_names) if class_names else [str(i) for i in range(len(class_iou))]
+    width = max(len(n) for n in names + ['class'])
+    lines = [f'  {"class":<{width}}  IoU (%)']
+    lines += [f'  {name:<{width}}  {100 * iou:7.2f}' for name, iou in zip(names, class_iou)]
+    return '\n'.join(lines)
