@@ -189,7 +189,7 @@ def test_name_is_case_insensitive(sample_data):
 
 def test_unknown_split_and_mode(sample_data):
     root = os.path.join(sample_data, 'voc_mini')
-    with pytest.raises(ValueError, match="split 'bogus'.*train, trainval, val, test"):
+    with pytest.raises(ValueError, match="split 'bogus'.*train, trainval, train_official, val, test"):
         get_segmentation_dataset('pascal_voc', split='bogus', root=root)
     with pytest.raises(ValueError, match="mode 'eval'.*train, val, testval, test"):
         get_segmentation_dataset('pascal_voc', split='val', mode='eval', root=root)
@@ -219,8 +219,12 @@ def test_default_root_without_mxnet_home(monkeypatch):
 # --------------------------------------------------------------------------------------------- pascal_voc
 def test_voc_split_lengths(sample_data):
     root = os.path.join(sample_data, 'voc_mini')
-    lengths = {s: len(get_segmentation_dataset('pascal_voc', split=s, root=root)) for s in ('train', 'trainval', 'val')}
-    assert lengths == {'train': 45, 'trainval': 45, 'val': 15}   # 'train' = trainval, as in GluonCV
+    splits = ('train', 'trainval', 'train_official', 'val')
+    lengths = {s: len(get_segmentation_dataset('pascal_voc', split=s, root=root)) for s in splits}
+    assert lengths == {'train': 45, 'trainval': 45, 'train_official': 30, 'val': 15}   # 'train' = trainval (GluonCV)
+    official = get_segmentation_dataset('pascal_voc', split='train_official', root=root)
+    val = get_segmentation_dataset('pascal_voc', split='val', root=root)
+    assert not set(official.images) & set(val.images)   # held out: no val image in train_official
     assert len(gdata.VOCSegmentation(root=root, split='train')) == 45
 
 

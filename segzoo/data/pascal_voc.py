@@ -28,6 +28,8 @@ class VOCSegmentation(SegmentationDataset):
           trains its final VOC stage on trainval on purpose (for test-server submissions, gluon-cv PR #464), so
           it includes the 1,449 val images: do not evaluate a model trained on it on ``'val'``.
         * ``'trainval'``: the same list, named explicitly.
+        * ``'train_official'``: the official ``train.txt`` (1,464 images), disjoint from ``'val'``: train on it to
+          get a held-out validation score on ``'val'``.
         * ``'val'``: ``val.txt`` (1,449 images).
         * ``'test'``: ``test.txt`` (1,456 images, no masks; use mode ``'test'``).
     mode, transform, base_size, crop_size, gluoncv_mask_pad
@@ -44,7 +46,8 @@ class VOCSegmentation(SegmentationDataset):
     CLASSES = VOC_CLASSES
     LABEL_LUT = VOC_LABEL_LUT
     NAME = 'pascal_voc'
-    SPLITS = {'train': 'trainval.txt', 'trainval': 'trainval.txt', 'val': 'val.txt', 'test': 'test.txt'}
+    SPLITS = {'train': 'trainval.txt', 'trainval': 'trainval.txt', 'train_official': 'train.txt', 'val': 'val.txt',
+              'test': 'test.txt'}
     LAYOUT = ('  VOC2012/JPEGImages/<id>.jpg\n'
               '  VOC2012/SegmentationClass/<id>.png\n'
               '  VOC2012/ImageSets/Segmentation/{train,val,trainval,test}.txt')
