@@ -3,6 +3,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import random
 import zipfile
 
 import pytest
@@ -19,7 +20,7 @@ def _no_leaked_servers():
 
 pytestmark = pytest.mark.timeout(60)
 
-PAYLOAD = os.urandom(300_000)
+PAYLOAD = random.Random(0).randbytes(300_000)   # deterministic, so every run tests the same bytes
 SHA1 = hashlib.sha1(PAYLOAD).hexdigest()
 
 
@@ -134,14 +135,14 @@ def test_cached_verified_file_needs_no_network(tmp_path):
         url = srv.url('/data.bin')
     # the server is stopped: any network access would fail
     assert download(url, str(dest), sha1_hash=SHA1, **_fast(retries=1)) == str(dest)
-    dest.write_bytes(PAYLOAD[:-1] + b'x')  # corrupt cache: must try the (dead) server
+    dest.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF]))  # corrupt cache: must try the (dead) server
     with pytest.raises(DownloadError):
         download(url, str(dest), sha1_hash=SHA1, **_fast(retries=1))
 
 
 # ---------------------------------------------------------------------------------------------- model_store
 
-PARAMS = b'fake .params bytes ' + os.urandom(5000)
+PARAMS = b'fake .params bytes ' + random.Random(1).randbytes(5000)
 PARAMS_SHA1 = hashlib.sha1(PARAMS).hexdigest()
 NAME = 'deeplab_resnet101_coco'
 

@@ -70,8 +70,10 @@ def test_parallel_apply_threads_keep_autograd_mode_and_reraise():
 def test_syncbn_two_contexts_equals_batchnorm_on_whole_batch():
     """One SGD step: SyncBN over 2 CPU devices (threaded forwards) == BatchNorm on one device, whole batch.
 
-    Tolerance 1e-5 (relative) / 1e-6 (absolute): the only differences are float32 summation orders (per-device
-    partial sums of the statistics and of the gradients).
+    Tolerance 1e-5 (relative) / 1e-6 (absolute) on the parameters: the only differences are float32 summation
+    orders (per-device partial sums of the statistics and of the gradients). The outputs after the step reach a
+    few hundred, where those rounding differences reach ~1e-6 of the largest output, so they are compared with an
+    absolute tolerance of 1e-5 x their largest magnitude.
     """
     rng = np.random.RandomState(0)
     image = mx.nd.array(rng.randn(4, 3, 8, 8))
@@ -88,7 +90,7 @@ def test_syncbn_two_contexts_equals_batchnorm_on_whole_batch():
     assert sorted(params_bn) == sorted(params_sync)
     for key in params_bn:
         np.testing.assert_allclose(params_sync[key], params_bn[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    np.testing.assert_allclose(out_sync, out_bn, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out_sync, out_bn, rtol=1e-5, atol=1e-5 * np.abs(out_bn).max())
     # and plain BatchNorm per device would differ (statistics of half batches): the test can fail
     loss_local, _, _ = _train_one_step(nn.BatchNorm, {}, CTX2, values, image, target, False)
     assert abs(loss_local - loss_bn) > 1e-3
