@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # PSPNet ResNet-101 on Pascal VOC (GluonCV's psp_resnet101_voc: 85.1 mIoU on the VOC test server):
 # COCO (lr 0.01) -> VOC-aug (0.001, from GluonCV's psp_resnet101_coco weights) -> VOC trainval (0.0001).
+# --aux-weight 1.0: GluonCV's loss ignored --aux-weight (MXNet's SoftmaxOutput drops the incoming gradient), so its
+# published models trained with an effective auxiliary weight of 1.0; segzoo applies the flag, so 1.0 reproduces them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Optional stage 0, your own COCO model (then add --no-pretrained --resume runs/coco/psp/res101/checkpoint.params
 # to stage 1):
-#   python train.py --dataset coco --model psp --aux --backbone resnet101 --lr 0.01 --syncbn --ngpus 4 --checkname res101
-python train.py --dataset pascal_aug --model-zoo psp_resnet101_coco --aux --lr 0.001 --syncbn --ngpus 4 \
+#   python train.py --dataset coco --model psp --aux --aux-weight 1.0 --backbone resnet101 --lr 0.01 --syncbn --ngpus 4 --checkname res101
+python train.py --dataset pascal_aug --model-zoo psp_resnet101_coco --aux --aux-weight 1.0 --lr 0.001 --syncbn --ngpus 4 \
     --checkname res101 "$@"
-python train.py --dataset pascal_voc --model psp --aux --backbone resnet101 --lr 0.0001 --syncbn --ngpus 4 \
+python train.py --dataset pascal_voc --model psp --aux --aux-weight 1.0 --backbone resnet101 --lr 0.0001 --syncbn --ngpus 4 \
     --checkname res101 --resume runs/pascal_aug/psp/res101/checkpoint.params "$@"
