@@ -11,7 +11,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train  # noqa: E402
-from segzoo import checkpoint as ckpt  # noqa: E402
 from segzoo import cli  # noqa: E402
 
 
