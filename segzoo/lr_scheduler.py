@@ -80,12 +80,15 @@ class SequentialScheduler(_mx_lr_scheduler.LRScheduler):
     ----------
     phases : list of IterationScheduler
         Their ``offset`` is overwritten with the cumulative length of the phases before them.
+    base_lr : float, optional
+        The peak learning rate (what ``mx.optimizer.Optimizer`` compares with its ``learning_rate``); default: the
+        start of the last phase.
     """
 
-    def __init__(self, phases):
-        super().__init__()
+    def __init__(self, phases, base_lr=None):
         if not phases:
             raise ValueError('SequentialScheduler needs at least one phase')
+        super().__init__(base_lr=phases[-1].base_lr if base_lr is None else base_lr)
         self.phases = list(phases)
         self.ends = []
         total = 0
@@ -128,4 +131,4 @@ def get_lr_scheduler(mode, lr, epochs, iters_per_epoch, warmup_epochs=0, power=0
         raise ValueError(f'--warmup-epochs {warmup_epochs} exceeds --epochs {epochs}')
     warmup = IterationScheduler('linear', 0.0, lr, niters=warmup_epochs * iters_per_epoch)
     decay = IterationScheduler(mode, lr, 0.0, niters=(epochs - warmup_epochs) * iters_per_epoch, power=power)
-    return SequentialScheduler([warmup, decay])
+    return SequentialScheduler([warmup, decay], base_lr=lr)
