@@ -8,6 +8,8 @@ from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import HybridConcurrent
 from mxnet.gluon.nn import HybridBlock
 
+from .fcn import classifier_block
+
 
 def conv_norm_relu(in_channels, channels, kernel_size=1, dilation=1, separable=False,
                    norm_layer=nn.BatchNorm, norm_kwargs=None):
@@ -127,13 +129,7 @@ class DeepLabV3Head(HybridBlock):
         self.in_index = (3,)
         with self.name_scope():
             self.aspp = ASPP(in_channels, atrous_rates, channels, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
-            # indices 0, 1 and 4 are GluonCV's `head.block.{0,1,4}` keys
-            self.block = nn.HybridSequential()
-            self.block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=channels),
-                           norm_layer(in_channels=channels, **(norm_kwargs or {})),
-                           nn.Activation('relu'),
-                           nn.Dropout(0.1),
-                           nn.Conv2D(num_classes, 1, in_channels=channels))
+            self.block = classifier_block(channels, channels, num_classes, norm_layer, norm_kwargs)
 
     def hybrid_forward(self, F, x):
         return self.block(self.aspp(x))

@@ -6,6 +6,21 @@ from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
 
+def classifier_block(in_channels, channels, num_classes, norm_layer=nn.BatchNorm, norm_kwargs=None, dropout=0.1):
+    """3x3 conv (no bias) to `channels`, norm, ReLU, dropout, 1x1 conv (with bias) to `num_classes`.
+
+    The last stage of the FCN, PSPNet and DeepLabV3 heads; its indices 0 (conv), 1 (norm) and 4 (classifier) are
+    GluonCV's ``block.{0,1,4}`` parameter keys.
+    """
+    block = nn.HybridSequential()
+    block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=in_channels),
+              norm_layer(in_channels=channels, **(norm_kwargs or {})),
+              nn.Activation('relu'),
+              nn.Dropout(dropout),
+              nn.Conv2D(num_classes, 1, in_channels=channels))
+    return block
+
+
 class FCNHead(HybridBlock):
     """3x3 conv to ``in_channels // 4``, norm, ReLU, dropout 0.1, 1x1 conv (with bias) to the classes.
 
@@ -29,15 +44,9 @@ class FCNHead(HybridBlock):
                  dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         self.in_index = (in_index,)
-        channels = in_channels // 4
         with self.name_scope():
-            # indices 0 (conv), 1 (norm) and 4 (classifier) are GluonCV's `block.{0,1,4}` keys
-            self.block = nn.HybridSequential()
-            self.block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=in_channels),
-                           norm_layer(in_channels=channels, **(norm_kwargs or {})),
-                           nn.Activation('relu'),
-                           nn.Dropout(dropout),
-                           nn.Conv2D(num_classes, 1, in_channels=channels))
+            self.block = classifier_block(in_channels, in_channels // 4, num_classes, norm_layer, norm_kwargs,
+                                          dropout)
 
     def hybrid_forward(self, F, x):
         return self.block(x)

@@ -3,6 +3,7 @@ from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
 from .deeplabv3 import conv_norm_relu
+from .fcn import classifier_block
 
 BINS = (1, 2, 3, 6)
 
@@ -53,15 +54,10 @@ class PSPHead(HybridBlock):
     def __init__(self, in_channels, num_classes, norm_layer=nn.BatchNorm, norm_kwargs=None, **kwargs):
         super().__init__(**kwargs)
         self.in_index = (3,)
-        channels = in_channels // 4
         with self.name_scope():
             self.psp = PyramidPooling(in_channels, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
-            self.block = nn.HybridSequential()
-            self.block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=2 * in_channels),
-                           norm_layer(in_channels=channels, **(norm_kwargs or {})),
-                           nn.Activation('relu'),
-                           nn.Dropout(0.1),
-                           nn.Conv2D(num_classes, 1, in_channels=channels))
+            # the pooled features are concatenated with the input: 2 * in_channels
+            self.block = classifier_block(2 * in_channels, in_channels // 4, num_classes, norm_layer, norm_kwargs)
 
     def hybrid_forward(self, F, x):
         return self.block(self.psp(x))
