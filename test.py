@@ -106,24 +106,6 @@ def _check_args(parser, args):
 
 
 # ------------------------------------------------------------------------------------------------ model, data
-def load_network(args, ctx_list, num_classes=None):
-    """Build the network of the model flags with its weights; checks the class count against the dataset."""
-    if not (args.resume or cli.resolve_pretrained(args) or args.benchmark):
-        raise SystemExit('error: no weights to evaluate: pass --resume PATH (a .params file), --model-zoo NAME '
-                         '(published weights) or --pretrained')
-    try:
-        net = cli.build_model(args, ctx_list, weights=args.resume)
-    except ValueError as err:
-        what = f'--model-zoo {args.model_zoo}' if args.model_zoo else \
-            f'--model {args.model} --backbone {args.backbone} --dataset {args.dataset}'
-        raise SystemExit(f'error: the weights {args.resume!r} do not fit {what}: {err}') from err
-    if num_classes is not None and net.num_classes != num_classes:
-        source = args.resume or args.model_zoo or 'the model'
-        raise SystemExit(f'error: {source} predicts {net.num_classes} classes but --dataset {args.dataset} has '
-                         f'{num_classes}; use weights trained on {args.dataset} (or the matching --dataset)')
-    return net
-
-
 def get_test_set(args):
     """The evaluation dataset (segzoo's image normalisation; masks kept for val/testval)."""
     kwargs = dict(split=args.split, mode=args.mode, transform=ImageNormalize(), base_size=args.base_size,
@@ -236,13 +218,13 @@ def main(args):
     """Evaluate (or benchmark) as the flags say; returns the metrics dict written to ``<out-dir>/metrics.json``."""
     ctx_list = cli.get_contexts(args)
     if args.benchmark:
-        net = load_network(args, ctx_list[:1])
+        net = cli.load_eval_model(args, ctx_list[:1], require_weights=False)
         net.hybridize(static_alloc=True, static_shape=True)
         record = run_benchmark(net, args, ctx_list[0])
         write_json(os.path.join(args.out_dir, 'metrics.json'), record)
         return record
 
-    net = load_network(args, ctx_list, NUM_CLASS.get(args.dataset))
+    net = cli.load_eval_model(args, ctx_list, NUM_CLASS.get(args.dataset))
     args.base_size = args.base_size or getattr(net, 'base_size', 520)
     args.crop_size = args.crop_size or getattr(net, 'crop_size', 480)
     settings = multi_eval_settings(args)

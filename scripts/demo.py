@@ -21,12 +21,10 @@ from segzoo import cli
 from segzoo.data import DATASETS
 from segzoo.data.transforms import ImageNormalize
 from segzoo.inference import predict
+from segzoo.model_zoo import model_dataset
 from segzoo.utils.viz import save_prediction
 
 # zoo-name suffix -> dataset whose classes and palette the model uses
-_ZOO_SUFFIX_DATASET = {'voc': 'pascal_voc', 'coco': 'coco', 'ade': 'ade20k', 'citys': 'citys'}
-
-
 def parse_args(argv=None):
     """Parse the demo's command line (``argv=None`` reads ``sys.argv``)."""
     parser = cli.base_parser('Segment one image with a segzoo / GluonCV model.')
@@ -44,11 +42,11 @@ def parse_args(argv=None):
     parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
     args = parser.parse_args(argv)
     if args.model_zoo:
-        suffix = args.model_zoo.rsplit('_', 1)[-1]
-        if suffix not in _ZOO_SUFFIX_DATASET:
-            parser.error(f'--model-zoo {args.model_zoo}: cannot tell its dataset from the suffix {suffix!r}')
-        args.dataset = _ZOO_SUFFIX_DATASET[suffix]
-    if not (args.resume or cli.resolve_pretrained(args)):
+        try:
+            args.dataset = model_dataset(args.model_zoo)    # the classes the zoo model predicts
+        except ValueError as err:
+            parser.error(f'--model-zoo: {err}')
+    if not cli.has_weights(args):
         parser.error('no weights: pass --model-zoo NAME (published weights), --resume PATH or --pretrained')
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f'--alpha must be in [0, 1], got {args.alpha}')
@@ -90,11 +88,8 @@ def main(args):
     """Run the demo; returns ``{'mask': path, 'overlay': path, 'classes': {name: share}}``."""
     ctx_list = cli.get_contexts(args)[:1]
     rgb = read_image(args.image)
-    net = cli.build_model(args, ctx_list, weights=args.resume)
     classes = DATASETS[args.dataset].CLASSES
-    if net.num_classes != len(classes):
-        raise SystemExit(f'error: the model predicts {net.num_classes} classes but {args.dataset} has '
-                         f'{len(classes)}; pass the --dataset the weights were trained on')
+    net = cli.load_eval_model(args, ctx_list, len(classes))
     net.hybridize()
     pred = segment(net, rgb, ctx_list[0], args.scales, args.flip, args.base_size or net.base_size,
                    args.crop_size or net.crop_size)

@@ -24,7 +24,8 @@ import mxnet as mx
 from .model_zoo import get_model, get_segmentation_model
 
 __all__ = ['add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_norm_layer',
-           'resolve_pretrained', 'model_family', 'build_model', 'run_dir', 'setup_logger']
+           'resolve_pretrained', 'has_weights', 'load_eval_model', 'model_family', 'build_model', 'run_dir',
+           'setup_logger']
 
 DEFAULT_MODEL_ROOT = os.path.join('~', '.mxnet', 'models')
 
@@ -121,6 +122,34 @@ def resolve_pretrained(args):
     if args.pretrained is None:
         return bool(args.model_zoo)
     return args.pretrained
+
+
+def has_weights(args):
+    """Whether the flags name weights to load: ``--resume PATH`` or published zoo weights."""
+    return bool(args.resume or resolve_pretrained(args))
+
+
+def load_eval_model(args, ctx_list, num_classes=None, require_weights=True):
+    """The network of the model flags with its weights, for evaluation (test.py, scripts/demo.py).
+
+    Exits with a message naming the flags when no weights are given (unless ``require_weights=False``, e.g. for a
+    latency benchmark), when the weights do not fit the model flags, or when the network's class count differs
+    from ``num_classes`` (the dataset's).
+    """
+    if require_weights and not has_weights(args):
+        raise SystemExit('error: no weights to evaluate: pass --resume PATH (a .params file), --model-zoo NAME '
+                         '(published weights) or --pretrained')
+    try:
+        net = build_model(args, ctx_list, weights=args.resume)
+    except ValueError as err:
+        what = f'--model-zoo {args.model_zoo}' if args.model_zoo else \
+            f'--model {args.model} --backbone {args.backbone} --dataset {args.dataset}'
+        raise SystemExit(f'error: the weights {args.resume!r} do not fit {what}: {err}') from err
+    if num_classes is not None and net.num_classes != num_classes:
+        source = args.resume or args.model_zoo or 'the model'
+        raise SystemExit(f'error: {source} predicts {net.num_classes} classes but --dataset {args.dataset} has '
+                         f'{num_classes}; use weights trained on {args.dataset} (or the matching --dataset)')
+    return net
 
 
 def model_family(args):

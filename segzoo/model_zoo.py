@@ -53,6 +53,18 @@ def list_models():
     return sorted(_ZOO)
 
 
+def _zoo_entry(name):
+    """(method, backbone, dataset) of zoo name `name`; ValueError listing the valid names otherwise."""
+    if name not in _ZOO:
+        raise ValueError(f'unknown model {name!r}; valid names:\n  ' + '\n  '.join(list_models()))
+    return _ZOO[name]
+
+
+def model_dataset(name):
+    """The dataset whose classes zoo model `name` predicts, e.g. ``'psp_resnet101_ade'`` -> ``'ade20k'``."""
+    return _zoo_entry(name)[2]
+
+
 def get_model(name, pretrained=False, root=DEFAULT_ROOT, ctx=mx.cpu(), **kwargs):
     """Build the zoo network `name`, initialised on `ctx`.
 
@@ -83,9 +95,7 @@ def get_model(name, pretrained=False, root=DEFAULT_ROOT, ctx=mx.cpu(), **kwargs)
         Unknown name (the message lists the valid names); ``pretrained=True`` for a name without published
         weights; a parameter file that does not match the network.
     """
-    if name not in _ZOO:
-        raise ValueError(f'unknown model {name!r}; valid names:\n  ' + '\n  '.join(list_models()))
-    method, backbone, dataset = _ZOO[name]
+    method, backbone, dataset = _zoo_entry(name)
     kwargs.setdefault('aux', True)
     return _build(method, backbone, dataset, name, pretrained, root, ctx, **kwargs)
 

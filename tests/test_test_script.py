@@ -190,7 +190,7 @@ def test_zoo_model_for_another_dataset_is_a_clear_error(voc_weights, monkeypatch
     monkeypatch.setattr(script.cli, 'build_model', lambda args, ctx_list, weights=None: _net(voc_weights))
     args = script.parse_args(['--model-zoo', 'deeplab_resnet101_coco', '--dataset', 'ade20k', '--eval', '--no-cuda'])
     with pytest.raises(SystemExit, match='predicts 21 classes but --dataset ade20k has 150'):
-        script.load_network(args, [mx.cpu()], 150)
+        script.cli.load_eval_model(args, [mx.cpu()], 150)
 
 
 def test_flag_errors(voc_weights, voc_root, tmp_path):
