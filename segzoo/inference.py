@@ -42,11 +42,11 @@ import threading
 import mxnet as mx
 import numpy as np
 
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ['predict', 'predict_whole', 'parallel_predict', 'scaled_size', 'window_starts',
            'MultiEvalModel', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FUSIONS', 'GLUONCV_SCALES']
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FUSIONS = ('gluoncv', 'softmax')
 #: The scales GluonCV's MultiEvalModel uses by default.
 GLUONCV_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from gluoncv.utils.viz import segmentation as gluoncv_viz
 
+from segzoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segzoo.utils import viz
 
 DATASETS = ['pascal_voc', 'pascal_aug', 'coco', 'ade20k', 'citys', 'mhpv1']
@@ -97,5 +98,5 @@ def test_save_prediction_writes_both_files(sample_data, tmp_path):
 
 def test_denormalize_round_trip():
     rgb = np.random.RandomState(0).randint(0, 256, (5, 4, 3)).astype(np.uint8)
-    normalised = ((rgb / 255.0 - np.array(viz.MEAN)) / np.array(viz.STD)).transpose(2, 0, 1)
+    normalised = ((rgb / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
     np.testing.assert_array_equal(viz.denormalize(mx.nd.array(normalised)), rgb)

@@ -9,9 +9,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_LABEL = -1
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 def voc_palette(num_colors=256):
@@ -162,7 +162,7 @@ def get_color_pallete(mask, dataset='pascal_voc'):
     return image
 
 
-def denormalize(image, mean=MEAN, std=STD):
+def denormalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Undo the input normalisation: float (3, H, W) NDArray/numpy -> uint8 (H, W, 3) numpy."""
     if hasattr(image, 'asnumpy'):
         image = image.asnumpy()
