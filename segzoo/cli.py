@@ -24,7 +24,7 @@ import mxnet as mx
 from .model_zoo import get_model, get_segmentation_model
 
 __all__ = ['add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_norm_layer',
-           'resolve_pretrained', 'has_weights', 'load_eval_model', 'model_family', 'build_model', 'run_dir',
+           'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes', 'model_family', 'build_model', 'run_dir',
            'setup_logger']
 
 DEFAULT_MODEL_ROOT = os.path.join('~', '.mxnet', 'models')
@@ -145,11 +145,17 @@ def load_eval_model(args, ctx_list, num_classes=None, require_weights=True):
         what = f'--model-zoo {args.model_zoo}' if args.model_zoo else \
             f'--model {args.model} --backbone {args.backbone} --dataset {args.dataset}'
         raise SystemExit(f'error: the weights {args.resume!r} do not fit {what}: {err}') from err
-    if num_classes is not None and net.num_classes != num_classes:
+    if num_classes is not None:
+        check_num_classes(net, num_classes, args)
+    return net
+
+
+def check_num_classes(net, num_classes, args):
+    """Exit with a message naming the weights and the dataset when ``net`` predicts another number of classes."""
+    if net.num_classes != num_classes:
         source = args.resume or args.model_zoo or 'the model'
         raise SystemExit(f'error: {source} predicts {net.num_classes} classes but --dataset {args.dataset} has '
                          f'{num_classes}; use weights trained on {args.dataset} (or the matching --dataset)')
-    return net
 
 
 def model_family(args):
