@@ -207,9 +207,9 @@ def _loss_sum(losses, ctx):
 
 
 # ----------------------------------------------------------------------------------------------- bookkeeping
-def _save_state(run_dir, net, trainer, args, state):
+def _save_state(run_dir, net, trainer, args, state, best=False):
     meta = dict(state, rng=ckpt.get_rng_state(), args=vars(args))
-    ckpt.save_checkpoint(run_dir, net, trainer, meta)
+    ckpt.save_checkpoint(run_dir, net, trainer, meta, best=best)
 
 
 def _check_finite(value, run_dir, epoch, iteration, logger):
@@ -254,15 +254,13 @@ def plot_curves(run_dir):
     plt.close(fig)
 
 
-def _resume(args, net, trainer, ctx_list, iters_per_epoch, logger):
-    """Load a full ``--resume`` state into ``net``/``trainer``; returns the progress dict to continue from."""
+def _resume(args, state_file, net, trainer, ctx_list, iters_per_epoch, logger):
+    """Load the full state ``state_file`` (None: none) into ``net``/``trainer``; returns the progress to continue."""
     progress = {'epoch': args.start_epoch, 'iteration': 0, 'global_step': args.start_epoch * iters_per_epoch,
                 'best_miou': 0.0}
-    if not args.resume:
-        return progress
-    state_file = ckpt.find_state(args.resume)
-    if state_file is None:       # weights only (loaded by build_model): a new stage with a fresh schedule
-        logger.info(f'loaded weights from {args.resume}; new schedule from epoch {args.start_epoch}')
+    if state_file is None:
+        if args.resume:          # weights only (loaded by build_model): a new stage with a fresh schedule
+            logger.info(f'loaded weights from {args.resume}; new schedule from epoch {args.start_epoch}')
         return progress
     meta = ckpt.load_checkpoint(state_file, net, trainer, ctx_list)
     saved = meta.get('args', {})
@@ -367,12 +365,11 @@ def main(args):
     train_set, val_set = get_datasets(args)
     train_data, val_data = make_loaders(train_set, val_set, args)
     reference = train_set if train_set is not None else val_set
-    weights_only = bool(args.resume) and ckpt.find_state(args.resume) is None
+    state_file = ckpt.find_state(args.resume) if args.resume else None
+    weights_only = bool(args.resume) and state_file is None
     net = cli.build_model(args, ctx_list, weights=args.resume if weights_only else None)
     num_classes = reference.NUM_CLASS
-    if net.num_classes != num_classes:
-        raise SystemExit(f'error: the model predicts {net.num_classes} classes but --dataset {args.dataset} has '
-                         f'{num_classes}')
+    cli.check_num_classes(net, num_classes, args)
     if args.dtype == 'float16':
         net.cast('float16')
     set_training_policy(net, args.head_lr_mult, args.no_wd)   # before the Trainer (and before loading states)
@@ -382,9 +379,9 @@ def main(args):
         raise SystemExit(f'error: --batch-size {args.batch_size} exceeds the {len(train_set)} training images '
                          f'of {args.dataset}/{args.train_split}')
     trainer = make_trainer(net, args, iters_per_epoch, cli.get_kvstore(args, ctx_list))
-    progress = _resume(args, net, trainer, ctx_list, iters_per_epoch, logger)
+    progress = _resume(args, state_file, net, trainer, ctx_list, iters_per_epoch, logger)
     metrics_file = os.path.join(run_dir, 'metrics.jsonl')
-    if not args.eval and not (args.resume and not weights_only) and os.path.exists(metrics_file):
+    if not args.eval and state_file is None and os.path.exists(metrics_file):
         os.remove(metrics_file)          # a new run in an old run directory starts a new history
     class_names = reference.CLASSES
 
@@ -407,13 +404,14 @@ def main(args):
             return dict(progress)
         record = {'epoch': epoch, 'loss': mean_loss, 'lr': trainer.learning_rate, 'img/s': images / seconds,
                   'seconds': seconds, 'pixAcc': None, 'mIoU': None}
+        improved = False
         if val_data is not None:
             metric, pix_acc, miou = _validate(net, val_data, ctx_list, num_classes, args)
             record.update(pixAcc=pix_acc, mIoU=miou)
-            if miou > progress['best_miou']:
+            improved = miou > progress['best_miou']
+            if improved:
                 progress['best_miou'] = miou
-                ckpt.save_params(net, os.path.join(run_dir, ckpt.BEST_PARAMS))
-        _save_state(run_dir, net, trainer, args, dict(progress, epoch_done=True))
+        _save_state(run_dir, net, trainer, args, dict(progress, epoch_done=True), best=improved)
         _append_metrics(run_dir, record)
         plot_curves(run_dir)
         scores = f' | pixAcc {100 * pix_acc:.2f} mIoU {100 * miou:.2f}' if val_data is not None else ''

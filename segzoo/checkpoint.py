@@ -8,7 +8,7 @@ Layout written by :func:`save_checkpoint` (``run_dir`` = ``runs/<dataset>/<model
                            names of the two files above
     checkpoint.params      the latest weights (a hard link to / copy of state-<step>.params): what GluonCV's
                            ``load_parameters``, ``segzoo.get_model(..., pretrained=PATH)`` and the next stage use
-    model_best.params      weights of the best validation mIoU so far (:func:`save_params`)
+    model_best.params      weights of the best validation mIoU so far (linked like checkpoint.params)
 
 Every file is written to a temporary name in the same folder, flushed and fsync'ed, then renamed over the old one
 (``os.replace`` is atomic on POSIX and Windows), and the folder is fsync'ed. ``checkpoint.json`` is replaced only
@@ -66,7 +66,7 @@ def set_rng_state(state):
     np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
 
 
-def save_checkpoint(run_dir, net, trainer, meta):
+def save_checkpoint(run_dir, net, trainer, meta, best=False):
     """Write the full training state atomically (see the module docstring).
 
     Parameters
@@ -78,11 +78,16 @@ def save_checkpoint(run_dir, net, trainer, meta):
     meta : dict
         JSON-able; must hold ``global_step`` (int). Typically also ``epoch``, ``iteration``, ``best_miou``, ``rng``,
         ``args``.
+    best : bool
+        These weights are the best so far: ``model_best.params`` becomes a link to (or copy of) them too, so the
+        weights are serialised once.
     """
     step = int(meta['global_step'])
     params_name, states_name = f'state-{step:08d}.params', f'state-{step:08d}.states'
     save_params(net, os.path.join(run_dir, params_name))
     atomic_write(os.path.join(run_dir, states_name), trainer.save_states)
+    if best:   # before the commit: a crash leaves model_best at least as new as the committed best_miou
+        _link_or_copy(os.path.join(run_dir, params_name), os.path.join(run_dir, BEST_PARAMS))
     record = dict(meta, format_version=FORMAT_VERSION, params=params_name, states=states_name)
     write_json(os.path.join(run_dir, CHECKPOINT_JSON), record)          # commit point
     _link_or_copy(os.path.join(run_dir, params_name), os.path.join(run_dir, CHECKPOINT_PARAMS))
