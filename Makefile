@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Entry points for a fresh machine: `make demo`, `make test` (whole suite), `make test-fast` (the edit loop: no slow,
+# network or multi-process tests) and `make lint` (ruff, configured in ruff.toml).
 # Each creates .venv if it is missing, installs segzoo into it, and runs.
 
 PYTHON ?= $(shell for p in python3.11 python3.10 python3.9 python3.8 python3; do \
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.segzoo-installed
 EXTRAS ?= cpu,test
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-venv benchmark
+.PHONY: demo test test-fast lint install clean-venv benchmark
 
 $(VPY):
 	@test -n "$(PYTHON)" || { echo "error: segzoo needs Python 3.8-3.11 (MXNet 1.9.1 needs numpy<1.24, which has no Python 3.12+ build). Install python3.11 or set PYTHON=/path/to/python3.11." >&2; exit 1; }
@@ -24,6 +25,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow and not network and not dist" $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
 
 # The main job on the bundled real VOC photographs (segzoo/sample_data/voc_mini): train a DeepLabV3 with the tiny
 # test backbone from scratch at crop 96 on the CPU (~2-3 min on 2 cores) on VOC's train.txt (30 images), validating

@@ -18,7 +18,6 @@ setup(
     package_data={'segzoo': ['sample_data/*', 'sample_data/**/*']},
     python_requires='>=3.8,<3.12',
     install_requires=[
-        'gluoncv==0.10.5.post0',
         'numpy<1.24',
         'pycocotools',
         'matplotlib',
@@ -33,7 +32,10 @@ setup(
         'cpu': ['mxnet==1.9.1'],
         'cu117': ['mxnet-cu117==1.9.1'],
         'cu112': ['mxnet-cu112==1.9.1'],
-        'test': ['pytest>=7', 'pytest-timeout'],
+        # Test-only: GluonCV is the reference oracle of the parity tests (segzoo never imports it); mx2onnx needs
+        # onnx.mapping, which onnx 1.19 removed; ruff is the linter of `make lint`.
+        'test': ['pytest>=7', 'pytest-timeout', 'gluoncv==0.10.5.post0', 'onnx>=1.14,<1.19', 'onnxruntime',
+                 'ruff==0.17.6'],
     },
     classifiers=[
         'Programming Language :: Python :: 3.8',
