@@ -22,6 +22,8 @@ _EXPORTS = {
     'list_models': 'segzoo.model_zoo',
     'get_segmentation_model': 'segzoo.model_zoo',
     'get_segmentation_dataset': 'segzoo.data',
+    'composer_deeplabv3': 'segzoo.composer',
+    'load_torch_state_dict': 'segzoo.models.torch_weights',
 }
 
 

@@ -1,8 +1,9 @@
-"""Model zoo: GluonCV's ResNet FCN / PSPNet / DeepLabV3 names (and segzoo's DeepLabV3+ names) -> networks.
+"""Model zoo: GluonCV's ResNet FCN / PSPNet / DeepLabV3 names, and Composer's DeepLabV3(+) -> networks.
 
-``get_model(name)`` builds the network, initialises it and optionally loads weights: GluonCV's published
-file (``pretrained=True``, downloaded and verified by ``segzoo.model_store``) or a ``.params`` file
-(``pretrained=PATH``) with GluonCV's structural keys.
+``get_model(name)`` builds the network (``segzoo.models.get_segmentor``) and sets its weights
+(``segzoo.models.weights.load_weights``): GluonCV's published file (``pretrained=True``, downloaded and verified
+by ``segzoo.model_store``), a ``.params`` file (``pretrained=PATH``) with GluonCV's structural keys, or else the
+backbone's ImageNet weights and the family's initialisation.
 """
 import os
 
@@ -11,14 +12,17 @@ from mxnet.gluon import nn
 
 from .data import NUM_CLASS as NUM_CLASSES
 from .model_store import get_model_file, has_pretrained
-from .models import IMAGENET_WEIGHTS, METHODS, get_segmentor
+from .models import check_method, family, get_segmentor
+from .models.weights import imagenet_source, load_weights
 
 # None: $MXNET_HOME/models when MXNET_HOME is set, else ~/.mxnet/models (segzoo.model_store.default_root)
 DEFAULT_ROOT = None
 # dataset -> the short name used in zoo names (GluonCV's acronyms)
 DATASET_ACRONYMS = {'pascal_voc': 'voc', 'pascal_aug': 'voc', 'coco': 'coco', 'ade20k': 'ade', 'citys': 'citys'}
 
-# name -> (method, backbone, dataset); whether GluonCV published weights is segzoo.model_store's business
+# name -> (method, backbone, dataset); whether GluonCV published weights is segzoo.model_store's business.
+# The deeplabplus / deeplabv3_composer names are Composer's composer_deeplabv3 (use_plus True / False) on
+# torchvision's ResNet layout ('*_v1b'); nobody published weights for them.
 _ZOO = {
     'fcn_resnet50_voc': ('fcn', 'resnet50', 'pascal_voc'),
     'fcn_resnet101_voc': ('fcn', 'resnet101', 'pascal_voc'),
@@ -38,14 +42,12 @@ _ZOO = {
     'deeplab_resnet101_ade': ('deeplab', 'resnet101', 'ade20k'),
     'deeplab_resnet50_citys': ('deeplab', 'resnet50', 'citys'),
     'deeplab_resnet101_citys': ('deeplab', 'resnet101', 'citys'),
-    'deeplabplus_resnet50_ade': ('deeplabplus', 'resnet50', 'ade20k'),
-    'deeplabplus_resnet101_ade': ('deeplabplus', 'resnet101', 'ade20k'),
-    'deeplabplus_resnet101_voc': ('deeplabplus', 'resnet101', 'pascal_voc'),
+    'deeplabplus_resnet50_ade': ('deeplabplus', 'resnet50_v1b', 'ade20k'),
+    'deeplabplus_resnet101_ade': ('deeplabplus', 'resnet101_v1b', 'ade20k'),
+    'deeplabplus_resnet101_voc': ('deeplabplus', 'resnet101_v1b', 'pascal_voc'),
+    'deeplabv3_composer_resnet50_ade': ('deeplabv3_composer', 'resnet50_v1b', 'ade20k'),
+    'deeplabv3_composer_resnet101_ade': ('deeplabv3_composer', 'resnet101_v1b', 'ade20k'),
 }
-
-# data sizes stored on the model (test.py defaults): GluonCV's 520/480; V3+ uses GluonCV's V3+ 576/512
-_SIZES = {'deeplabplus': (576, 512)}
-_DEFAULT_SIZES = (520, 480)
 
 
 def list_models():
@@ -81,8 +83,10 @@ def get_model(name, pretrained=False, root=DEFAULT_ROOT, ctx=mx.cpu(), **kwargs)
     ctx : Context or list of Context
         Where the parameters live.
     **kwargs
-        ``aux`` (default True, like GluonCV's zoo), ``pretrained_base`` (default True unless weights are
-        loaded), ``norm_layer``, ``norm_kwargs``, ``base_size``, ``crop_size``, and head arguments.
+        ``aux`` (default: True for GluonCV's names, like GluonCV's zoo; False for Composer's), ``pretrained_base``
+        (see ``segzoo.models.weights.imagenet_source``), ``norm_layer``, ``norm_kwargs``, ``base_size``,
+        ``crop_size``, ``num_classes`` (default: the dataset's; e.g. a folder dataset's classes.txt), and head
+        arguments.
 
     Returns
     -------
@@ -96,7 +100,7 @@ def get_model(name, pretrained=False, root=DEFAULT_ROOT, ctx=mx.cpu(), **kwargs)
         weights; a parameter file that does not match the network.
     """
     method, backbone, dataset = _zoo_entry(name)
-    kwargs.setdefault('aux', True)
+    kwargs.setdefault('aux', family(method).zoo_aux)
     return _build(method, backbone, dataset, name, pretrained, root, ctx, **kwargs)
 
 
@@ -108,18 +112,19 @@ def get_segmentation_model(model, dataset='pascal_voc', backbone='resnet50', aux
     Parameters
     ----------
     model : str
-        Method name.
+        Method name: a key of ``segzoo.models.HEADS``.
     dataset : str
         'pascal_voc', 'pascal_aug', 'coco', 'ade20k' or 'citys' (sets the number of classes).
     backbone : str
-        'resnet50', 'resnet101', 'resnet152' or 'resnet_tiny'.
+        A key of ``segzoo.models.BACKBONES``: 'resnet50', 'resnet101', 'resnet152' (GluonCV's deep stem),
+        'resnet50_v1b', 'resnet101_v1b', 'resnet152_v1b' (torchvision's layout), 'resnet_tiny', 'resnet_tiny_v1b'.
     aux : bool
         Add the auxiliary FCN head on c3.
     pretrained : bool or str
         True: GluonCV's published weights of ``{model}_{backbone}_{acronym}``; a path: that file.
-    pretrained_base : bool or None
-        Load ImageNet backbone weights; None means "when they exist and no weights are loaded"
-        (so 'resnet_tiny' builds offline).
+    pretrained_base : bool, str or None
+        ImageNet backbone weights (``segzoo.models.weights.imagenet_source``); None means "when they exist and no
+        weights are loaded" (so 'resnet_tiny' builds offline).
     root, ctx, norm_layer, norm_kwargs, **kwargs
         As for ``get_model``.
 
@@ -127,32 +132,25 @@ def get_segmentation_model(model, dataset='pascal_voc', backbone='resnet50', aux
     -------
     Segmentor
     """
-    if model not in METHODS:
-        raise ValueError(f'unknown model {model!r}; valid models: {", ".join(METHODS)}')
-    if dataset not in NUM_CLASSES:
+    check_method(model, what='model')
+    if dataset not in NUM_CLASSES and kwargs.get('num_classes') is None:   # folder: num_classes from classes.txt
         raise ValueError(f'unknown dataset {dataset!r}; valid datasets: {", ".join(sorted(NUM_CLASSES))}')
-    name = f'{model}_{backbone}_{DATASET_ACRONYMS[dataset]}'
+    name = f'{model}_{backbone}_{DATASET_ACRONYMS.get(dataset, dataset)}'
     return _build(model, backbone, dataset, name, pretrained, root, ctx, aux=aux,
                   pretrained_base=pretrained_base, norm_layer=norm_layer, norm_kwargs=norm_kwargs, **kwargs)
 
 
-def _build(method, backbone, dataset, name, pretrained, root, ctx, pretrained_base=None, **kwargs):
+def _build(method, backbone, dataset, name, pretrained, root, ctx, pretrained_base=None, initializers=(),
+           **kwargs):
     weights = _weights_file(name, pretrained, root)
-    if pretrained_base is None:
-        pretrained_base = weights is None and backbone in IMAGENET_WEIGHTS
-    elif weights is not None:
-        pretrained_base = False  # the backbone is overwritten by the weights anyway
-    base_size, crop_size = _SIZES.get(method, _DEFAULT_SIZES)
-    kwargs.setdefault('base_size', base_size)
-    kwargs.setdefault('crop_size', crop_size)
-    net = get_segmentor(method, backbone, NUM_CLASSES[dataset], pretrained_base=pretrained_base, root=root,
-                        **kwargs)
-    ctx_list = ctx if isinstance(ctx, (list, tuple)) else [ctx]
-    if weights is None:
-        _initialize(net, ctx_list)
-    else:
-        net.load_parameters(weights, ctx=ctx_list)
-    return net
+    conventions = family(method)
+    kwargs.setdefault('base_size', conventions.sizes[0])
+    kwargs.setdefault('crop_size', conventions.sizes[1])
+    num_classes = kwargs.pop('num_classes', None) or NUM_CLASSES[dataset]   # an explicit count wins (own data)
+    net = get_segmentor(method, backbone, num_classes, **kwargs)
+    backbone_weights = None if weights else imagenet_source(backbone, pretrained_base)
+    return load_weights(net, ctx, weights=weights, backbone_weights=backbone_weights, root=root,
+                        scheme=conventions.init, initializers=initializers)
 
 
 def _weights_file(name, pretrained, root):
@@ -170,19 +168,3 @@ def _weights_file(name, pretrained, root):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'pretrained={pretrained!r}: no such parameter file')
     return path
-
-
-def _initialize(net, ctx_list):
-    """Initialise the parameters that are not loaded yet and place all of them on `ctx_list`.
-
-    Heads get Gluon's default Uniform(0.07), as GluonCV's heads do; a randomly initialised backbone gets
-    He (MSRA) initialisation, suited to its ReLUs.
-    """
-    parts = [(net.backbone, mx.init.MSRAPrelu()), (net.head, mx.init.Uniform())]
-    if net.aux_head is not None:
-        parts.append((net.aux_head, mx.init.Uniform()))
-    for block, init in parts:
-        for param in block.collect_params().values():
-            if param._data is None:  # not loaded (a pretrained backbone already is)
-                param.initialize(ctx=ctx_list, default_init=init)
-    net.collect_params().reset_ctx(ctx_list)

@@ -9,12 +9,13 @@ import pytest
 from segzoo.model_zoo import get_model, get_segmentation_model, list_models
 from segzoo.models import get_backbone
 
-GLUONCV_NAMES = [  # spec 1.10: GluonCV's ResNet FCN / PSP / DeepLab names for voc, coco, ade, citys
+GLUONCV_NAMES = [  # GluonCV 0.10.5 model_zoo/model_zoo.py: its ResNet FCN / PSP / DeepLab names
     'fcn_resnet50_voc', 'fcn_resnet101_voc', 'fcn_resnet101_coco', 'fcn_resnet50_ade', 'fcn_resnet101_ade',
     'psp_resnet101_coco', 'psp_resnet101_voc', 'psp_resnet50_ade', 'psp_resnet101_ade', 'psp_resnet101_citys',
     'deeplab_resnet101_coco', 'deeplab_resnet101_voc', 'deeplab_resnet152_coco', 'deeplab_resnet152_voc',
     'deeplab_resnet50_ade', 'deeplab_resnet101_ade', 'deeplab_resnet50_citys', 'deeplab_resnet101_citys']
-PLUS_NAMES = ['deeplabplus_resnet50_ade', 'deeplabplus_resnet101_ade', 'deeplabplus_resnet101_voc']
+PLUS_NAMES = ['deeplabplus_resnet50_ade', 'deeplabplus_resnet101_ade', 'deeplabplus_resnet101_voc',
+              'deeplabv3_composer_resnet50_ade', 'deeplabv3_composer_resnet101_ade']  # Composer's networks
 CLASSES = {'voc': 21, 'coco': 21, 'ade': 150, 'citys': 19}
 
 
@@ -34,9 +35,10 @@ def test_list_models_holds_exactly_the_names():
 def test_every_name_builds_and_runs(name):
     net = get_model(name, pretrained_base=False)
     num_classes = CLASSES[name.rsplit('_', 1)[1]]
-    assert net.num_classes == num_classes and net.aux  # GluonCV's zoo default aux=True
+    # GluonCV's zoo networks carry the aux head; Composer's have none
+    assert net.num_classes == num_classes and net.aux == (name in GLUONCV_NAMES)
     outputs = net(mx.nd.random.uniform(shape=(1, 3, 32, 32)))
-    assert [o.shape for o in outputs] == [(1, num_classes, 32, 32)] * 2
+    assert [o.shape for o in outputs] == [(1, num_classes, 32, 32)] * (2 if net.aux else 1)
     assert all(np.isfinite(o.asnumpy()).all() for o in outputs)
 
 

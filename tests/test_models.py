@@ -69,16 +69,39 @@ def test_heads_take_channels_from_the_backbone():
     assert net.head.block[0].weight.shape == (c4 // 4, 2 * c4, 3, 3)
     assert net.aux_head.block[0].weight.shape == (c3 // 4, c3, 3, 3)
     plus = get_segmentor('deeplabplus', 'resnet_tiny', 3)
-    assert plus.head.c1_block[0].weight.shape == (48, c1, 1, 1)
+    assert plus.head.c1_bottleneck[0].weight.shape == (48, c1, 1, 1)
 
 
-def test_deeplabplus_separable_flag():
-    separable = get_segmentor('deeplabplus', 'resnet_tiny', 3)
-    plain = get_segmentor('deeplabplus', 'resnet_tiny', 3, separable=False)
-    c4 = separable.backbone.out_channels[3]
-    depthwise = separable.head.aspp.branches[1][0]
-    assert depthwise.weight.shape == (c4, 1, 3, 3) and depthwise._kwargs['num_group'] == c4
-    assert plain.head.aspp.branches[1][0].weight.shape == (256, c4, 3, 3)
+def test_composer_heads_put_the_pool_branch_first_and_project_with_3x3():
+    # Composer's mmseg heads: [pool, 1x1, d12, d24, d36] -> 3x3 conv (5 x 512 -> 512), no dropout after it
+    for method, separable in (('deeplabplus', True), ('deeplabv3_composer', False)):
+        net = get_segmentor(method, 'resnet_tiny_v1b', 3)
+        c4 = net.backbone.out_channels[3]
+        branches = net.head.aspp.branches
+        assert type(branches[0]).__name__ == 'ASPPPooling'
+        assert branches[1][0].weight.shape == (512, c4, 1, 1)
+        first_atrous = branches[2][0]
+        if separable:
+            assert first_atrous.weight.shape == (c4, 1, 3, 3) and first_atrous._kwargs['num_group'] == c4
+        else:
+            assert first_atrous.weight.shape == (512, c4, 3, 3)
+        assert [branches[i][0]._kwargs['dilate'][0] for i in (2, 3, 4)] == [12, 24, 36]
+        assert net.head.aspp.project[0].weight.shape == (512, 5 * 512, 3, 3)
+        assert not any(isinstance(layer, mx.gluon.nn.Dropout) for layer in net.head.aspp.project)
+        assert net.head.dropout._axes == (2, 3)  # torch Dropout2d: one mask per channel
+        assert net.align_corners is False and net.aux_head is None
+
+
+def test_torchvision_stem():
+    backbone = get_backbone('resnet50_v1b')
+    assert backbone.conv1.weight.shape == (64, 3, 7, 7)
+    assert backbone.bn1.gamma.shape == (64,)
+    assert backbone.layer1[0].conv1.weight.shape == (64, 64, 1, 1)
+    assert backbone.layer1[0].downsample[0].weight.shape == (256, 64, 1, 1)
+    tiny = get_backbone('resnet_tiny_v1b')
+    tiny.initialize()
+    features = tiny(mx.nd.zeros((1, 3, 33, 33)))
+    assert [f.shape for f in features] == [(1, c, s, s) for c, s in zip(tiny.out_channels, (9, 5, 5, 5))]
 
 
 def test_key_names_follow_gluoncv():

@@ -1,93 +1,109 @@
-"""Segmentation networks: dilated ResNet backbones, FCN / PSPNet / DeepLabV3 / DeepLabV3+ heads, and
-``get_segmentor``, the one function that wires them into a ``Segmentor``."""
+"""Segmentation networks: dilated ResNet backbones, the FCN / PSPNet / DeepLabV3 / DeepLabV3+ heads, and the two
+tables that say how they are put together.
+
+``HEADS`` and ``BACKBONES`` (``segzoo.models.resnet``) are the only places that say which head class a method
+uses, which backbone features it reads, how its logits are resized, and how each backbone is built and where its
+ImageNet weights come from. ``get_segmentor`` builds structure from them; ``segzoo.models.weights`` decides and
+loads the weights.
+"""
+from collections import namedtuple
 
 from mxnet.gluon import nn
 
-from ..model_store import get_model_file
-
-from .deeplabv3 import ASPP, DeepLabV3Head
+from .deeplabv3 import ASPP, ASPPHead, DeepLabV3Head
 from .deeplabv3_plus import ALIGN_CORNERS as _PLUS_ALIGN_CORNERS
 from .deeplabv3_plus import DeepLabV3PlusHead
 from .fcn import FCNHead
 from .pspnet import PSPHead
-from .resnet import BACKBONES, IMAGENET_WEIGHTS, ResNetV1s, get_backbone
+from .resnet import BACKBONES, DilatedResNet, get_backbone
 from .segmentor import Segmentor, gluoncv_key, load_params_strict
+from .weights import load_backbone_params
 
-__all__ = ['ASPP', 'BACKBONES', 'DeepLabV3Head', 'DeepLabV3PlusHead', 'FCNHead', 'METHODS', 'PSPHead',
-           'ResNetV1s', 'Segmentor', 'get_backbone', 'get_segmentor', 'gluoncv_key', 'load_backbone_params',
-           'load_params_strict']
-
-METHODS = ('fcn', 'psp', 'deeplab', 'deeplabplus')
-
-
-def _build_head(method, in_channels, num_classes, norm, head_kwargs):
-    if method == 'fcn':
-        return FCNHead(in_channels[3], num_classes, in_index=3, **norm, **head_kwargs)
-    if method == 'psp':
-        return PSPHead(in_channels[3], num_classes, **norm, **head_kwargs)
-    if method == 'deeplab':
-        return DeepLabV3Head(in_channels[3], num_classes, **norm, **head_kwargs)
-    if method == 'deeplabplus':
-        return DeepLabV3PlusHead(in_channels[3], in_channels[0], num_classes, **norm, **head_kwargs)
-    raise ValueError(f'unknown method {method!r}; valid methods: {", ".join(METHODS)}')
+__all__ = ['ASPP', 'ASPPHead', 'AUX_FEATURES', 'BACKBONES', 'DeepLabV3Head', 'DeepLabV3PlusHead', 'DilatedResNet',
+           'FAMILIES', 'FCNHead', 'HEADS', 'family', 'METHODS', 'PSPHead', 'Segmentor', 'get_backbone', 'get_segmentor', 'gluoncv_key',
+           'load_backbone_params', 'load_params_strict']
 
 
-def load_backbone_params(backbone, filename, ctx=None):
-    """Load a GluonCV ImageNet ResNet file (``resnet101_v1s-*.params``) into `backbone`.
+class HeadSpec(namedtuple('HeadSpec', 'cls features align_corners family')):
+    """One row of ``HEADS``.
 
-    The file's classifier (``fc.*``) is ignored; any other missing, extra or mis-shaped key raises.
+    cls : the head class, called as ``cls(*channels of the features, num_classes, norm_layer=, norm_kwargs=)``.
+    features : indices (0..3 for c1..c4) of the backbone features the head reads, in call order.
+    align_corners : of the final bilinear resize of the logits to the input size.
+    family : a key of ``FAMILIES``: whose conventions the method follows (initialisation, zoo aux head, sizes).
     """
-    params = backbone._collect_params_with_prefix()
-    load_params_strict(params, filename, ctx=ctx, ignore_extra=lambda key: key.startswith('fc.'))
+
+
+# The one table of heads. GluonCV's methods resize with MXNet's align_corners=True (GluonCV's outputs on GluonCV's
+# weights); Composer's with torch's align_corners=False.
+HEADS = {
+    'fcn': HeadSpec(FCNHead, (3,), True, 'gluoncv'),
+    'psp': HeadSpec(PSPHead, (3,), True, 'gluoncv'),
+    'deeplab': HeadSpec(DeepLabV3Head, (3,), True, 'gluoncv'),
+    'deeplabplus': HeadSpec(DeepLabV3PlusHead, (0, 3), _PLUS_ALIGN_CORNERS, 'composer'),
+    'deeplabv3_composer': HeadSpec(ASPPHead, (3,), False, 'composer'),
+}
+METHODS = tuple(HEADS)
+AUX_FEATURES = (2,)  # every method's auxiliary head is an FCN head on c3
+
+
+class Family(namedtuple('Family', 'init zoo_aux sizes')):
+    """Conventions of a model family: the initialisation scheme of parameters no file sets
+    (``segzoo.models.weights``), whether its zoo networks have the auxiliary head, and the data sizes
+    ``(base_size, crop_size)`` stored on its networks (test.py's defaults)."""
+
+
+FAMILIES = {
+    # GluonCV: MSRA backbone, Uniform(0.07) heads; zoo networks carry the aux head; 520/480 (scripts/segmentation)
+    'gluoncv': Family('gluoncv', True, (520, 480)),
+    # Composer: torchvision/mmcv constructor defaults; no aux head; ADE20K at 512x512 (composer/datasets/ade20k.py)
+    'composer': Family('torch', False, (512, 512)),
+}
+
+
+def family(method):
+    """The ``Family`` of `method`."""
+    check_method(method)
+    return FAMILIES[HEADS[method].family]
+
+
+def check_method(method, what='method'):
+    """ValueError listing the valid methods unless `method` is one; `what` names the argument in the message."""
+    if method not in HEADS:
+        raise ValueError(f'unknown {what} {method!r}; valid {what}s: {", ".join(METHODS)}')
 
 
 def get_segmentor(method, backbone, num_classes, aux=False, norm_layer=nn.BatchNorm, norm_kwargs=None,
-                  pretrained_base=False, root=None, base_size=520,
-                  crop_size=480, **head_kwargs):
-    """Build a ``Segmentor``: dilated `backbone` + `method` head (+ FCN aux head on c3).
+                  base_size=520, crop_size=480, **head_kwargs):
+    """Build the structure of a ``Segmentor``: dilated `backbone` + `method` head (+ FCN aux head on c3).
 
-    Nothing is initialised except the backbone when `pretrained_base` loads ImageNet weights; the
-    caller (``segzoo.model_zoo.get_model``) initialises the rest, and train.py sets ``lr_mult``.
+    Nothing is initialised or loaded (``segzoo.models.weights.load_weights`` does that) and no ``lr_mult`` is set
+    (train.py does).
 
     Parameters
     ----------
     method : str
-        'fcn', 'psp', 'deeplab' (V3) or 'deeplabplus' (V3+).
+        A key of ``HEADS``.
     backbone : str
-        'resnet50', 'resnet101', 'resnet152' or 'resnet_tiny'.
+        A key of ``BACKBONES``.
     num_classes : int
-        Number of classes.
     aux : bool
         Add the auxiliary FCN head on c3.
     norm_layer, norm_kwargs
         Normalisation layer for every norm of the network, e.g.
         ``mx.gluon.contrib.nn.SyncBatchNorm`` with ``{'num_devices': 4}``.
-    pretrained_base : bool
-        Load GluonCV's ImageNet weights for the backbone (``segzoo.model_store.get_model_file``).
-    root : str, optional
-        Model-file cache directory; None means ``segzoo.model_store``'s default
-        (``$MXNET_HOME/models`` if set, else ``~/.mxnet/models``).
     base_size, crop_size : int
         Stored on the Segmentor as data defaults.
     **head_kwargs
-        Extra arguments of the main head (e.g. ``separable=False`` for 'deeplabplus').
-
-    Returns
-    -------
-    Segmentor
+        Extra arguments of the main head (e.g. ``channels=256``).
     """
-    if method not in METHODS:
-        raise ValueError(f'unknown method {method!r}; valid methods: {", ".join(METHODS)}')
+    check_method(method)
+    spec = HEADS[method]
     norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
     net_backbone = get_backbone(backbone, **norm)
-    if pretrained_base:
-        if backbone not in IMAGENET_WEIGHTS:
-            raise ValueError(f'backbone {backbone!r} has no ImageNet weights (those exist for '
-                             f'{", ".join(sorted(IMAGENET_WEIGHTS))}); use pretrained_base=False')
-        load_backbone_params(net_backbone, get_model_file(IMAGENET_WEIGHTS[backbone], root=root))
     channels = net_backbone.out_channels
-    head = _build_head(method, channels, num_classes, norm, head_kwargs)
-    aux_head = FCNHead(channels[2], num_classes, in_index=2, **norm) if aux else None
-    align_corners = _PLUS_ALIGN_CORNERS if method == 'deeplabplus' else True
-    return Segmentor(net_backbone, head, aux_head, num_classes=num_classes, align_corners=align_corners,
-                     base_size=base_size, crop_size=crop_size)
+    head = spec.cls(*[channels[i] for i in spec.features], num_classes, **norm, **head_kwargs)
+    aux_head = FCNHead(*[channels[i] for i in AUX_FEATURES], num_classes, **norm) if aux else None
+    return Segmentor(net_backbone, head, aux_head, num_classes=num_classes, align_corners=spec.align_corners,
+                     base_size=base_size, crop_size=crop_size, head_features=spec.features,
+                     aux_features=AUX_FEATURES)

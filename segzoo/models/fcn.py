@@ -30,8 +30,6 @@ class FCNHead(HybridBlock):
         Channels of the chosen backbone feature.
     num_classes : int
         Output channels (logits).
-    in_index : int
-        Which backbone feature (0..3 for c1..c4) the head reads.
     norm_layer, norm_kwargs
         Normalisation layer class and its keyword arguments.
 
@@ -40,10 +38,9 @@ class FCNHead(HybridBlock):
     ``(B, in_channels, h, w) -> (B, num_classes, h, w)``.
     """
 
-    def __init__(self, in_channels, num_classes, in_index=3, norm_layer=nn.BatchNorm, norm_kwargs=None,
+    def __init__(self, in_channels, num_classes, norm_layer=nn.BatchNorm, norm_kwargs=None,
                  dropout=0.1, **kwargs):
         super().__init__(**kwargs)
-        self.in_index = (in_index,)
         with self.name_scope():
             self.block = classifier_block(in_channels, in_channels // 4, num_classes, norm_layer, norm_kwargs,
                                           dropout)

@@ -53,7 +53,6 @@ class PSPHead(HybridBlock):
 
     def __init__(self, in_channels, num_classes, norm_layer=nn.BatchNorm, norm_kwargs=None, **kwargs):
         super().__init__(**kwargs)
-        self.in_index = (3,)
         with self.name_scope():
             self.psp = PyramidPooling(in_channels, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
             # the pooled features are concatenated with the input: 2 * in_channels

@@ -1,6 +1,6 @@
 """Segmentor: backbone -> head (-> auxiliary head) -> logits resized to the input size.
 
-``.params`` files speak GluonCV's structural key format (spec 1.9): the backbone's keys sit at the top
+``.params`` files speak GluonCV's structural key format (``SegBaseModel`` subclasses): the backbone's keys sit at the top
 level (``conv1.0.weight``, ``layer4.2.bn3.gamma``), the main head under ``head.`` and the auxiliary head
 under ``auxlayer.``. Inside the network the attributes have plain names (``backbone``, ``head``,
 ``aux_head``, ``aspp.branches``); ``gluoncv_key`` is the one place that translates between the two.
@@ -8,7 +8,7 @@ under ``auxlayer.``. Inside the network the attributes have plain names (``backb
 import os
 
 from mxnet import ndarray
-from mxnet.gluon.nn import HybridBlock
+from mxnet.gluon.nn import Conv2D, HybridBlock
 
 # (our key prefix or infix, GluonCV's) applied in order by gluoncv_key()
 _KEY_PREFIXES = (('backbone.', ''), ('aux_head.', 'auxlayer.'))
@@ -44,9 +44,11 @@ class Segmentor(HybridBlock):
     backbone : HybridBlock
         Returns ``(c1, c2, c3, c4)``.
     head : HybridBlock
-        Main head; its ``in_index`` tuple names the backbone features it reads.
+        Main head; called with the backbone features named by `head_features`.
     aux_head : HybridBlock or None
         Auxiliary head (FCN head on c3); training-time only output.
+    head_features, aux_features : tuple of int
+        Indices (0..3 for c1..c4) of the backbone features each head reads (``segzoo.models.HEADS``).
     num_classes : int
         Number of classes the heads predict.
     align_corners : bool
@@ -62,13 +64,15 @@ class Segmentor(HybridBlock):
     """
 
     def __init__(self, backbone, head, aux_head=None, num_classes=None, align_corners=True,
-                 base_size=520, crop_size=480, **kwargs):
+                 base_size=520, crop_size=480, head_features=(3,), aux_features=(2,), **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.backbone = backbone
             self.head = head
             self.aux_head = aux_head
         self.num_classes = num_classes
+        self.head_features = tuple(head_features)
+        self.aux_features = tuple(aux_features)
         self.align_corners = align_corners
         self.base_size = base_size
         self.crop_size = crop_size
@@ -80,8 +84,10 @@ class Segmentor(HybridBlock):
 
     def hybrid_forward(self, F, x):
         features = self.backbone(x)  # (c1, c2, c3, c4)
-        heads = [self.head] if self.aux_head is None else [self.head, self.aux_head]
-        outputs = [head(*[features[i] for i in head.in_index]) for head in heads]
+        heads = [(self.head, self.head_features)]
+        if self.aux_head is not None:
+            heads.append((self.aux_head, self.aux_features))
+        outputs = [head(*[features[i] for i in indices]) for head, indices in heads]
         return tuple(_resize_like(F, out, x, self.align_corners) for out in outputs)
 
     def gluoncv_params(self):
@@ -94,15 +100,35 @@ class Segmentor(HybridBlock):
         ndarray.save(filename, {key: param._reduce() for key, param in self.gluoncv_params().items()})
 
     def load_parameters(self, filename, ctx=None, allow_missing=False, ignore_extra=False,
-                        cast_dtype=False, dtype_source='current'):
+                        cast_dtype=False, dtype_source='current', skip=()):
         """Load a ``.params`` file with GluonCV's structural keys (GluonCV's or ours).
 
         ``auxlayer.*`` keys in the file are ignored when this network has no auxiliary head. Any other
-        missing or extra key, or a shape mismatch, raises a ValueError that names them.
+        missing or extra key, or a shape mismatch, raises a ValueError that names them. Keys in `skip` are
+        neither loaded nor required and their parameters keep their values: ``skip=net.classifier_keys()``
+        loads a file trained on other classes into every layer but the classifiers.
         """
-        ignore = (lambda key: ignore_extra or (not self.aux and key.startswith(_AUX_PREFIX)))
-        load_params_strict(self.gluoncv_params(), filename, ctx=ctx, ignore_extra=ignore,
+        skip = frozenset(skip)
+        ignore = (lambda key: ignore_extra or key in skip or (not self.aux and key.startswith(_AUX_PREFIX)))
+        params = {key: param for key, param in self.gluoncv_params().items() if key not in skip}
+        load_params_strict(params, filename, ctx=ctx, ignore_extra=ignore,
                            allow_missing=allow_missing, cast_dtype=cast_dtype, dtype_source=dtype_source)
+
+    def classifier_keys(self):
+        """GluonCV keys of the class-dependent parameters: the classifier of the head and of the aux head.
+
+        A head's classifier is its last convolution with ``num_classes`` output channels (found by structure and
+        shape, not by name), so the list is right for every head type.
+        """
+        owned = set()
+        for head in (self.head, self.aux_head):
+            convs = []
+            if head is not None:
+                head.apply(lambda block: convs.append(block) if isinstance(block, Conv2D) else None)
+            convs = [conv for conv in convs if conv.weight.shape[0] == self.num_classes]
+            if convs:
+                owned.update(id(param) for param in convs[-1].params.values())
+        return sorted(key for key, param in self.gluoncv_params().items() if id(param) in owned)
 
 
 def load_params_strict(params, filename, ctx=None, ignore_extra=lambda key: False, allow_missing=False,
@@ -150,10 +176,16 @@ def load_params_strict(params, filename, ctx=None, ignore_extra=lambda key: Fals
 
 
 def _mismatch_message(filename, num_expected, num_loaded, missing, extra, mismatched):
-    lines = [f'{filename} does not match this network ({num_loaded} keys in the file, '
-             f'{num_expected} in the network; a file for another model or another number of classes?)']
-    for title, items in (('missing from the file', missing), ('not in the network', extra),
-                         ('shape mismatch', mismatched)):
+    header = (f'{filename} does not match this network ({num_loaded} keys in the file, {num_expected} in the '
+              'network; a file for another model or another number of classes?)')
+    return mismatch_report(header, (('missing from the file', missing), ('not in the network', extra),
+                                    ('shape mismatch', mismatched)))
+
+
+def mismatch_report(header, sections):
+    """`header`, then one line per non-empty ``(title, names)`` section, listing at most a dozen names."""
+    lines = [header]
+    for title, items in sections:
         if items:
             shown = ', '.join(items[:_MAX_LISTED])
             more = f' ... and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else ''
