@@ -1,0 +1,188 @@
+"""Data-parallel training over several processes on MXNet's parameter server (``--kvstore dist_sync``).
+
+Measured on MXNet 1.9.1 (see the README's "Training on several machines"), Gluon's defaults train wrong there, so
+train.py goes through these functions:
+
+* :func:`create_kvstore` refuses ``dist_async``; :func:`trainer_options` turns ``update_on_kvstore`` off, because the
+  servers would drop every ``lr_mult``/``wd_mult`` and cannot unpickle segzoo's ``sgdw`` (each worker runs the
+  optimizer on the summed gradients instead).
+* :func:`init_trainer` broadcasts the weights and waits at a barrier before the first step: Gluon's lazy
+  initialisation lets the first gradient push overtake the weight pull, which then returns a gradient sum.
+* The servers SUM the workers' gradients, so a worker steps with the global batch (:func:`step_batch_size`), and
+  reads its contiguous share of every global batch (:func:`worker_share`), the devices of all workers splitting it
+  as one process with all those devices would.
+* :class:`Reducer` sums arrays over the workers (validation confusion matrices, consistency checks), and
+  :func:`averaged_bn_stats` makes the BatchNorm running statistics, which are per worker, their mean while a
+  checkpoint is written.
+* :func:`device_seed` gives each device a dropout seed from (seed, step, global device index), so the masks do not
+  depend on how the devices are spread over processes.
+
+Without a dist kvstore every function reduces to the single-process behaviour (rank 0 of 1).
+"""
+import contextlib
+
+import mxnet as mx
+import numpy as np
+
+__all__ = ['create_kvstore', 'is_distributed', 'rank_and_size', 'trainer_options', 'init_trainer',
+           'step_batch_size', 'worker_share', 'shard_indices', 'device_seed', 'Reducer', 'averaged_bn_stats',
+           'BN_STATS']
+
+BN_STATS = '.*running_mean|.*running_var'
+REDUCE_KEY_BASE = 1 << 30        # far above the Trainer's keys (one per parameter, counted from 0)
+
+
+def create_kvstore(name):
+    """The ``--kvstore`` value for ``gluon.Trainer``: a created KVStore for ``dist*`` names, else ``name`` itself.
+
+    Asynchronous updates need ``update_on_kvstore=True``, under which the servers ignore ``lr_mult``/``wd_mult``
+    and cannot run ``sgdw``, so ``dist_async`` is refused.
+    """
+    if not name or 'dist' not in name.lower():
+        return name
+    if '_async' in name.lower():
+        raise SystemExit(f'error: --kvstore {name}: asynchronous training is not supported: MXNet runs async '
+                         'updates on the servers, which drop lr_mult/wd_mult (the 10x head lr, --no-wd) and cannot '
+                         'load sgdw; use --kvstore dist_sync')
+    try:
+        return mx.kv.create(name)
+    except mx.base.MXNetError as err:
+        raise SystemExit(f'error: --kvstore {name}: {str(err).strip().splitlines()[-1]}') from err
+
+
+def is_distributed(kvstore):
+    """Whether ``kvstore`` is a multi-process (ps-lite) kvstore."""
+    return isinstance(kvstore, mx.kvstore.KVStore) and 'dist' in kvstore.type
+
+
+def rank_and_size(kvstore):
+    """``(rank, num_workers)``; ``(0, 1)`` without a dist kvstore."""
+    if is_distributed(kvstore):
+        return kvstore.rank, kvstore.num_workers
+    return 0, 1
+
+
+def trainer_options(kvstore):
+    """Keyword arguments of ``gluon.Trainer`` for ``kvstore``: optimizer on the workers for dist kvstores."""
+    if is_distributed(kvstore):
+        return {'kvstore': kvstore, 'update_on_kvstore': False}
+    return {'kvstore': kvstore}
+
+
+def init_trainer(trainer):
+    """Create the trainer's kvstore and broadcast rank 0's weights now, then wait for every worker.
+
+    Call it after loading any state and before the first ``step``. Gluon would do this lazily inside the first
+    step, where the weight pull may be served after the first gradient sum (measured: 4 runs in 10 went wrong).
+    Uses the Trainer's private ``_init_kvstore``/``_init_params``; MXNet 1.9 has no public equivalent.
+    """
+    deferred = [p.name for p in trainer._params if p._deferred_init]
+    if deferred:
+        raise ValueError(f'parameters {deferred[:3]} are not initialised yet (deferred shapes); run one forward '
+                         'pass before init_trainer')
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    mx.nd.waitall()
+    if is_distributed(trainer._kvstore):
+        trainer._kvstore._barrier()
+
+
+def step_batch_size(local_batch_size, kvstore):
+    """The ``trainer.step`` batch size: the global batch, as the servers sum the workers' gradients."""
+    return local_batch_size * rank_and_size(kvstore)[1]
+
+
+def _split_sizes(size, parts):
+    """Sizes of ``mx.gluon.utils.split_data(..., even_split=False)``: the first ``size % parts`` get one more."""
+    each, extra = divmod(size, parts)
+    return [each + 1] * extra + [each] * (parts - extra)
+
+
+def worker_share(batch_size, devices_per_worker, rank, num_workers):
+    """``(start, stop)`` of worker ``rank``'s contiguous share of a global batch of ``batch_size``.
+
+    The global batch is split over all ``num_workers * devices_per_worker`` devices as one process with that many
+    devices splits it (``split_batch``), and the worker takes its devices' slices; its own ``split_batch`` over
+    its devices then gives the same per-device slices.
+    """
+    total = num_workers * devices_per_worker
+    if batch_size < total:
+        raise ValueError(f'--batch-size {batch_size} is smaller than the {total} devices of {num_workers} '
+                         f'worker(s) x {devices_per_worker}')
+    bounds = np.cumsum([0] + _split_sizes(batch_size, total))
+    return int(bounds[rank * devices_per_worker]), int(bounds[(rank + 1) * devices_per_worker])
+
+
+def shard_indices(length, rank, num_workers):
+    """Worker ``rank``'s contiguous part of ``range(length)`` (validation: each image on exactly one worker)."""
+    bounds = np.cumsum([0] + _split_sizes(length, num_workers))
+    return range(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def device_seed(seed, step, device_index):
+    """Seed of the MXNet RNG for one device at one step, a function of (seed, step, global device index) only."""
+    return int(np.random.SeedSequence([seed, step, device_index]).generate_state(1)[0]) % (2 ** 31)
+
+
+class Reducer:
+    """Sums float64 arrays over the workers through the kvstore (identity without a dist kvstore).
+
+    Every worker must make the same calls in the same order: each name gets its own kvstore key, created on first
+    use (a collective with a barrier). Values are exact for integers below 2**53 (pixel counts).
+    """
+
+    def __init__(self, kvstore):
+        self.kvstore = kvstore if is_distributed(kvstore) else None
+        self.rank, self.num_workers = rank_and_size(kvstore)
+        self._keys = {}
+
+    def sum(self, name, array):
+        """Elementwise sum of ``array`` (numpy, any shape) over the workers, as a float64 numpy array."""
+        array = np.asarray(array, dtype=np.float64)
+        if self.kvstore is None:
+            return array.copy()
+        value = mx.nd.array(array.reshape(-1), dtype='float64')
+        if name not in self._keys:
+            self._keys[name] = REDUCE_KEY_BASE + len(self._keys)
+            self.kvstore.init(self._keys[name], mx.nd.zeros(value.shape, dtype='float64'))
+        out = mx.nd.zeros(value.shape, dtype='float64')
+        self.kvstore.pushpull(self._keys[name], value, out=out)
+        return out.asnumpy().reshape(array.shape)
+
+    def check_same(self, what, values):
+        """Exit with a message naming ``what`` unless every worker passed the same numbers ``values``."""
+        mine = np.asarray(values, dtype=np.float64).reshape(-1)
+        totals = self.sum(f'check:{what}', np.concatenate([mine, mine ** 2]))
+        mean, mean_sq = totals[:mine.size] / self.num_workers, totals[mine.size:] / self.num_workers
+        if not (np.allclose(mean, mine, rtol=0, atol=1e-6) and np.allclose(mean_sq, mean ** 2, rtol=1e-12, atol=1e-6)):
+            raise SystemExit(f'error: the workers disagree on {what} (worker {self.rank} has {mine.tolist()}); '
+                             'give every host the same data and flags')
+
+
+@contextlib.contextmanager
+def averaged_bn_stats(net, reducer):
+    """Inside the block ``net``'s BatchNorm running statistics are their mean over every worker and device.
+
+    A single process with several devices saves the mean over its devices (``Parameter._reduce``); this gives the
+    same over processes, for checkpoints. Every worker must enter the block; on exit each device gets back its own
+    statistics, so training continues exactly as it would have.
+    """
+    params = list(net.collect_params(BN_STATS).values())
+    if reducer.kvstore is None or not params:
+        yield
+        return
+    local = [np.mean([d.asnumpy().astype(np.float64) for d in p.list_data()], axis=0) for p in params]
+    total = reducer.sum('bn_stats', np.concatenate([a.reshape(-1) for a in local])) / reducer.num_workers
+    saved = [[d.copy() for d in p.list_data()] for p in params]
+    offset = 0
+    for param, mine in zip(params, local):
+        param.set_data(mx.nd.array(total[offset:offset + mine.size].reshape(mine.shape), dtype=param.dtype))
+        offset += mine.size
+    try:
+        yield
+    finally:
+        for param, copies in zip(params, saved):
+            for data, copy in zip(param.list_data(), copies):
+                copy.copyto(data)

@@ -1,0 +1,94 @@
+"""segzoo.distributed without processes: batch shares, shards, seeds, refusals and the single-process fallbacks.
+
+The multi-process behaviour (sums, BN averaging, trainer set-up) runs for real in tests/test_launch.py.
+"""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+from segzoo import distributed as dist
+from segzoo.utils.parallel import split_batch
+
+
+@pytest.mark.parametrize('batch_size,devices,workers', [(8, 1, 2), (16, 2, 2), (7, 1, 3), (11, 2, 2), (5, 1, 5)])
+def test_worker_shares_split_like_one_process_with_all_devices(batch_size, devices, workers):
+    batch = mx.nd.arange(batch_size)
+    one_process = [x.asnumpy().tolist() for x in split_batch(batch, [mx.cpu(i) for i in range(devices * workers)])]
+    spread, end = [], 0
+    for rank in range(workers):
+        start, stop = dist.worker_share(batch_size, devices, rank, workers)
+        assert start == end
+        end = stop
+        spread += [x.asnumpy().tolist() for x in split_batch(batch[start:stop], [mx.cpu(i) for i in range(devices)])]
+    assert end == batch_size
+    assert spread == one_process
+
+
+def test_worker_share_refuses_a_batch_smaller_than_the_devices():
+    with pytest.raises(ValueError, match='--batch-size 3 is smaller than the 4 devices'):
+        dist.worker_share(3, 2, 0, 2)
+
+
+def test_shard_indices_cover_every_index_once():
+    shards = [dist.shard_indices(11, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 3]
+    assert sum((list(s) for s in shards), []) == list(range(11))
+
+
+def test_device_seed_depends_on_seed_step_and_device_only():
+    assert dist.device_seed(0, 5, 1) == dist.device_seed(0, 5, 1)
+    seeds = {dist.device_seed(s, t, d) for s in range(2) for t in range(3) for d in range(2)}
+    assert len(seeds) == 12 and all(0 <= s < 2 ** 31 for s in seeds)
+
+
+def test_async_kvstore_is_refused_with_the_reason():
+    for name in ('dist_async', 'dist_async_device'):
+        with pytest.raises(SystemExit, match=f'--kvstore {name}: asynchronous training is not supported'):
+            dist.create_kvstore(name)
+
+
+def test_single_process_fallbacks():
+    assert dist.create_kvstore('local') == 'local' and dist.create_kvstore(None) is None
+    kv = mx.kv.create('local')
+    assert not dist.is_distributed(kv) and not dist.is_distributed('device')
+    assert dist.rank_and_size(kv) == (0, 1)
+    assert dist.trainer_options('device') == {'kvstore': 'device'}
+    assert dist.step_batch_size(6, kv) == 6
+    reducer = dist.Reducer(kv)
+    assert reducer.sum('x', [[1, 2]]).tolist() == [[1.0, 2.0]]
+    reducer.check_same('the training set size', [10, 3])
+    bn = gluon.nn.BatchNorm(in_channels=2)
+    bn.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    with dist.averaged_bn_stats(bn, reducer):
+        assert bn.running_var.data(mx.cpu(1)).asnumpy().tolist() == [1.0, 1.0]
+
+
+def test_init_trainer_broadcasts_before_the_first_step_and_refuses_deferred_shapes():
+    net = gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1}, kvstore='local')
+    dist.init_trainer(trainer)
+    assert trainer._kv_initialized and not trainer._params_to_init
+    lazy = gluon.nn.Dense(2)
+    lazy.initialize()
+    with pytest.raises(ValueError, match='not initialised yet'):
+        dist.init_trainer(gluon.Trainer(lazy.collect_params(), 'sgd', {'learning_rate': 0.1}))
+
+
+def test_check_same_sees_a_disagreeing_worker():
+    class TwoWorkers(dist.Reducer):
+        """Worker 0 of 2 whose peer reported ``peer``."""
+
+        def __init__(self, peer):
+            super().__init__(None)
+            self.num_workers, self._peer = 2, np.asarray(peer, dtype=np.float64)
+
+        def sum(self, name, array):
+            return np.asarray(array) + np.concatenate([self._peer, self._peer ** 2])
+
+    TwoWorkers([10, 3]).check_same('the training set size', [10, 3])
+    with pytest.raises(SystemExit, match='the workers disagree on the training set size'):
+        TwoWorkers([12, 3]).check_same('the training set size', [10, 3])
+    with pytest.raises(SystemExit, match='disagree'):
+        TwoWorkers([9, 4]).check_same('the training set size', [10, 3])
