@@ -126,6 +126,7 @@ def _run(args, timeout=40):
     return proc.returncode, out, time.monotonic() - tic
 
 
+@pytest.mark.dist
 def test_dist_sync_job_trains_like_one_process(tmp_path):
     script = tmp_path / 'dist_worker.py'
     script.write_text(DIST_WORKER)
@@ -137,6 +138,7 @@ def test_dist_sync_job_trains_like_one_process(tmp_path):
         assert f'[worker {rank}] weight error' in out
 
 
+@pytest.mark.dist
 def test_failed_worker_stops_the_job_with_its_status_and_last_lines():
     worker = 'import sys; print("loading shard"); print("boom: bad shard"); sys.exit(3)'
     code, out, seconds = _run(['-n', '2', '-s', '1', '--grace', '1', '--', sys.executable, '-c', worker])
@@ -145,6 +147,7 @@ def test_failed_worker_stops_the_job_with_its_status_and_last_lines():
     assert seconds < 15
 
 
+@pytest.mark.dist
 def test_unreachable_scheduler_names_host_and_port():
     port = launch._free_ports('127.0.0.1', 1)[0]
     # the scheduler needs seconds to import mxnet and bind: a 0.3 s probe cannot reach it
@@ -156,6 +159,7 @@ def test_unreachable_scheduler_names_host_and_port():
     assert seconds < 15
 
 
+@pytest.mark.dist
 def test_ctrl_c_is_forwarded_and_stops_every_process():
     mark = uuid.uuid4().hex
     worker = 'import time; print("ready", flush=True); time.sleep(120)'
@@ -177,6 +181,7 @@ def test_ctrl_c_is_forwarded_and_stops_every_process():
         _assert_nothing_left(mark)
 
 
+@pytest.mark.dist
 def test_ssh_launcher_runs_nodes_through_the_ssh_command(tmp_path):
     fake_ssh = tmp_path / 'fake_ssh'   # runs the remote command here: argv = [-p PORT] HOST COMMAND
     fake_ssh.write_text(f'#!{sys.executable}\nimport os, sys\nos.execvp("sh", ["sh", "-c", sys.argv[-1]])\n')
