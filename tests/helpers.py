@@ -1,4 +1,8 @@
 """Small helpers shared by several test modules (test modules never import each other)."""
+import collections
+import io
+import pickle
+import zipfile
 import zlib
 
 import numpy as np
@@ -42,3 +46,67 @@ def read_composer_keys(path):
 def composer_synthetic_state_dict(keys_path, seed):
     """``{name: array}`` of every entry of a Composer keys file, with the oracle's synthetic weights."""
     return {name: composer_synthetic_array(name, shape, seed) for name, shape, _ in read_composer_keys(keys_path)}
+
+
+class _TorchGlobal:
+    """Pickles as a reference to ``module.name`` (e.g. ``torch._utils._rebuild_tensor_v2``) without importing it."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle requires a reduce callable to be callable
+        raise TypeError('only a stand-in for pickling')
+
+
+class _TorchStorage:
+    def __init__(self, key, array):
+        self.key, self.array = key, array
+
+
+class _TorchTensor:
+    def __init__(self, key, array):
+        self.storage = _TorchStorage(key, array)
+
+    def __reduce__(self):
+        array = self.storage.array
+        strides = tuple(s // array.itemsize for s in array.strides)
+        return (_TorchGlobal('torch._utils', '_rebuild_tensor_v2'),
+                (self.storage, 0, array.shape, strides, False, collections.OrderedDict()))
+
+
+_TORCH_STORAGES = {np.dtype(np.float32): 'FloatStorage', np.dtype(np.int64): 'LongStorage',
+                   np.dtype(np.float16): 'HalfStorage', np.dtype(np.float64): 'DoubleStorage'}
+
+
+class _TorchPickler(pickle._Pickler):
+    """Protocol-2 pickler writing what ``torch.save`` writes for a dict of tensors."""
+
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, _TorchGlobal):
+            self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode('ascii'))
+            return
+        super().save(obj, save_persistent_id)
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _TorchStorage):
+            return ('storage', _TorchGlobal('torch', _TORCH_STORAGES[obj.array.dtype]), obj.key, 'cpu',
+                    obj.array.size)
+        return None
+
+
+def write_torch_file(path, state_dict, wrap=None):
+    """Write ``state_dict`` (name -> float32/float16/float64/int64 array) as a ``torch.save`` zip file, numpy only.
+
+    ``wrap(tensors)`` may put the OrderedDict of tensors into a larger object (e.g. a Composer checkpoint
+    ``{'state': {'model': tensors}}``) before it is pickled. For tests that need files too large to commit.
+    """
+    arrays = {name: np.asarray(value).copy(order='C') for name, value in state_dict.items()}
+    tensors = collections.OrderedDict((name, _TorchTensor(str(i), a)) for i, (name, a) in enumerate(arrays.items()))
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(wrap(tensors) if wrap else tensors)
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as zf:
+        zf.writestr('archive/data.pkl', buf.getvalue())
+        zf.writestr('archive/byteorder', 'little')
+        for tensor in tensors.values():
+            zf.writestr(f'archive/data/{tensor.storage.key}', tensor.storage.array.tobytes())
+        zf.writestr('archive/version', '3\n')
