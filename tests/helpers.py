@@ -110,3 +110,18 @@ def write_torch_file(path, state_dict, wrap=None):
         for tensor in tensors.values():
             zf.writestr(f'archive/data/{tensor.storage.key}', tensor.storage.array.tobytes())
         zf.writestr('archive/version', '3\n')
+
+
+def nested_items(obj, prefix=''):
+    """``{path: leaf}`` for every non-container value in nested dicts, lists and tuples, paths joined by '/'
+    (how tests/fixtures/composer/make_torch_files.py names the tensors of ``tensors_expected.npz``)."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return {prefix: obj}
+    out = {}
+    for key, value in items:
+        out.update(nested_items(value, f'{prefix}/{key}' if prefix else str(key)))
+    return out

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import composer_synthetic_array
+from helpers import composer_synthetic_array, nested_items
 from http_server import LoopbackServer, running_servers
 from segzoo import torch_io
 from segzoo.model_store import ModelFileError
@@ -17,18 +17,9 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 
 TORCH_FILES = os.path.join(FIXTURES, 'torch_files')
 
 
-def _flat(obj, prefix=''):
-    """name -> array for every array in nested dicts / lists / tuples (the naming of make_torch_files.py)."""
-    out = {}
-    if isinstance(obj, np.ndarray):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(_flat(v, f'{prefix}/{k}' if prefix else str(k)))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            out.update(_flat(v, f'{prefix}/{i}'))
-    return out
+def _flat(obj):
+    """name -> array for every array in a loaded object (the naming of make_torch_files.py)."""
+    return {k: v for k, v in nested_items(obj).items() if isinstance(v, np.ndarray)}
 
 
 @pytest.fixture(scope='module')
