@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ['create_kvstore', 'is_distributed', 'rank_and_size', 'trainer_options', 'init_trainer',
            'step_batch_size', 'worker_share', 'shard_indices', 'device_seed', 'Reducer', 'averaged_bn_stats',
-           'BN_STATS']
+           'DatasetShard', 'Workers', 'BN_STATS']
 
 BN_STATS = '.*running_mean|.*running_var'
 REDUCE_KEY_BASE = 1 << 30        # far above the Trainer's keys (one per parameter, counted from 0)
@@ -130,13 +130,15 @@ class Reducer:
     """Sums float64 arrays over the workers through the kvstore (identity without a dist kvstore).
 
     Every worker must make the same calls in the same order: each name gets its own kvstore key, created on first
-    use (a collective with a barrier). Values are exact for integers below 2**53 (pixel counts).
+    use (a collective with a barrier) and shared by every Reducer of the kvstore. Values are exact for integers
+    below 2**53 (pixel counts).
     """
+
+    _keys = {}       # (id(kvstore), name) -> key
 
     def __init__(self, kvstore):
         self.kvstore = kvstore if is_distributed(kvstore) else None
         self.rank, self.num_workers = rank_and_size(kvstore)
-        self._keys = {}
 
     def sum(self, name, array):
         """Elementwise sum of ``array`` (numpy, any shape) over the workers, as a float64 numpy array."""
@@ -144,11 +146,12 @@ class Reducer:
         if self.kvstore is None:
             return array.copy()
         value = mx.nd.array(array.reshape(-1), dtype='float64')
-        if name not in self._keys:
-            self._keys[name] = REDUCE_KEY_BASE + len(self._keys)
-            self.kvstore.init(self._keys[name], mx.nd.zeros(value.shape, dtype='float64'))
+        slot = (id(self.kvstore), name)
+        if slot not in self._keys:
+            self._keys[slot] = REDUCE_KEY_BASE + len(self._keys)
+            self.kvstore.init(self._keys[slot], mx.nd.zeros(value.shape, dtype='float64'))
         out = mx.nd.zeros(value.shape, dtype='float64')
-        self.kvstore.pushpull(self._keys[name], value, out=out)
+        self.kvstore.pushpull(self._keys[slot], value, out=out)
         return out.asnumpy().reshape(array.shape)
 
     def check_same(self, what, values):
@@ -186,3 +189,74 @@ def averaged_bn_stats(net, reducer):
         for param, copies in zip(params, saved):
             for data, copy in zip(param.list_data(), copies):
                 copy.copyto(data)
+
+
+class DatasetShard(mx.gluon.data.Dataset):
+    """The samples ``indices`` of ``dataset``; other attributes (``CLASSES``, ``NUM_CLASS``, ``mode`` ...) pass
+    through to it."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+    def __getattr__(self, name):
+        if name in ('dataset', 'indices'):          # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class Workers:
+    """This process's place among the workers of a run; one worker of one without a dist kvstore.
+
+    Parameters
+    ----------
+    kvstore : str, KVStore or None
+        ``--kvstore``: a ``dist*`` name is created here (and ``dist_async`` refused, see :func:`create_kvstore`).
+
+    Attributes
+    ----------
+    kvstore : str, KVStore or None
+        What ``gluon.Trainer`` gets.
+    rank, num_workers : int
+    reducer : Reducer
+    """
+
+    def __init__(self, kvstore):
+        self.kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
+        self.rank, self.num_workers = rank_and_size(self.kvstore)
+        self.reducer = Reducer(self.kvstore)
+
+    @property
+    def distributed(self):
+        return self.num_workers > 1 or is_distributed(self.kvstore)
+
+    @property
+    def is_writer(self):
+        """Only rank 0 writes checkpoints, logs and curves."""
+        return self.rank == 0
+
+    def batch_share(self, batch_size, num_devices):
+        """``(start, stop)`` of this worker's share of every global batch (see :func:`worker_share`)."""
+        return worker_share(batch_size, num_devices, self.rank, self.num_workers)
+
+    def first_device(self, num_devices):
+        """Global index of this worker's first device (workers have ``num_devices`` each)."""
+        return self.rank * num_devices
+
+    def val_shard(self, dataset):
+        """This worker's contiguous part of ``dataset``; its metrics are then summed with :meth:`sum_metric`."""
+        if not self.distributed:
+            return dataset
+        return DatasetShard(dataset, shard_indices(len(dataset), self.rank, self.num_workers))
+
+    def sum_metric(self, metric):
+        """Make ``metric`` (a SegmentationMetric) hold the confusion matrix of every worker's images."""
+        if self.distributed:
+            total = self.reducer.sum('confusion_matrix', metric.confusion_matrix)
+            metric.confusion_matrix = np.rint(total).astype(metric.confusion_matrix.dtype)
+        return metric

@@ -92,3 +92,19 @@ def test_check_same_sees_a_disagreeing_worker():
         TwoWorkers([12, 3]).check_same('the training set size', [10, 3])
     with pytest.raises(SystemExit, match='disagree'):
         TwoWorkers([9, 4]).check_same('the training set size', [10, 3])
+
+
+def test_workers_of_a_single_process_run_change_nothing():
+    workers = dist.Workers('local')
+    assert (workers.rank, workers.num_workers, workers.distributed, workers.is_writer) == (0, 1, False, True)
+    assert workers.kvstore == 'local' and workers.batch_share(5, 2) == (0, 5) and workers.first_device(2) == 0
+    data = gluon.data.SimpleDataset(list(range(5)))
+    assert workers.val_shard(data) is data
+
+
+def test_dataset_shard_passes_attributes_through():
+    class Named(gluon.data.SimpleDataset):
+        CLASSES = ('background', 'cat')
+
+    shard = dist.DatasetShard(Named(list('abcdef')), dist.shard_indices(6, 1, 2))
+    assert [shard[i] for i in range(len(shard))] == ['d', 'e', 'f'] and shard.CLASSES == ('background', 'cat')

@@ -18,8 +18,8 @@ from segzoo import launch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 3 dist_sync steps of a Dense layer with sgdw and a frozen bias (lr_mult = wd_mult = 0) must equal one process on
-# the union batch (the oracle, computed by each worker itself), sums over workers must be exact, and BN running
-# statistics must be averaged inside averaged_bn_stats and restored after it; the worker exits 1 otherwise.
+# the union batch (the oracle, computed by each worker itself), sums over workers (confusion matrices too) must be
+# exact, and BN running statistics averaged inside averaged_bn_stats and restored after it; else the worker exits 1.
 DIST_WORKER = textwrap.dedent('''
     import sys
 
@@ -29,6 +29,7 @@ DIST_WORKER = textwrap.dedent('''
 
     from segzoo import distributed as dist
     from segzoo.optimizer import SGDW
+    from segzoo.utils.metrics import SegmentationMetric
 
 
     def make_net():
@@ -70,6 +71,14 @@ DIST_WORKER = textwrap.dedent('''
         averaged = bn.running_mean.data().asnumpy().tolist()
     mean = (num_workers - 1) / 2
     bn_ok = averaged == [mean, 10 * mean] and bn.running_mean.data().asnumpy().tolist() == [rank, 10.0 * rank]
+    metric = SegmentationMetric(3)
+    metric.update(np.array([[rank, 2]]), np.array([[rank, 1]]))     # pixels (rank -> rank), (2 -> 1)
+    dist.Workers(kv).sum_metric(metric)
+    expected_matrix = np.zeros((3, 3))
+    expected_matrix[2, 1] = num_workers
+    for r in range(num_workers):
+        expected_matrix[r, r] += 1
+    bn_ok = bn_ok and (metric.confusion_matrix == expected_matrix).all()
     w_err = np.abs(net.weight.data().asnumpy() - ref.weight.data().asnumpy()).max()
     b_moved = np.abs(net.bias.data().asnumpy() - make_net().bias.data().asnumpy()).max()
     print(f'weight error {w_err:.1e} bias moved {b_moved:.1e} rank sum {ranks.tolist()} BN mean {averaged}',
