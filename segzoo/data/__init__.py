@@ -7,6 +7,7 @@
     coco         COCOSegmentation     21 classes   root holds annotations/, train2017/...   (~/.mxnet/datasets/coco)
     ade20k       ADE20KSegmentation  150 classes   root holds ADEChallengeData2016/         (~/.mxnet/datasets/ade)
     citys        CitySegmentation     19 classes   root holds leftImg8bit/, gtFine/         (~/.mxnet/datasets/citys)
+    folder       FolderSegmentation   classes.txt  root holds classes.txt, images/, masks/  (your own data)
 
 ``$MXNET_HOME/datasets`` replaces ``~/.mxnet/datasets`` when ``MXNET_HOME`` is set.
 """
@@ -14,11 +15,13 @@ from .ade20k import ADE20KSegmentation
 from .base import IGNORE_LABEL, MODES, DatasetError, SegmentationDataset
 from .cityscapes import CitySegmentation
 from .coco import COCOSegmentation
+from .folder import FolderSegmentation
 from .pascal_aug import LeakySplitWarning, VOCAugSegmentation, train_aug_ids
 from .pascal_voc import VOCSegmentation
 
-__all__ = ['ADE20KSegmentation', 'COCOSegmentation', 'CitySegmentation', 'DATASETS', 'DatasetError', 'IGNORE_LABEL',
-           'LeakySplitWarning', 'MODES', 'NUM_CLASS', 'SegmentationDataset', 'VOCAugSegmentation', 'VOCSegmentation',
+__all__ = ['ADE20KSegmentation', 'COCOSegmentation', 'CitySegmentation', 'DATASETS', 'DatasetError',
+           'FolderSegmentation', 'IGNORE_LABEL', 'LeakySplitWarning', 'MODES', 'NUM_CLASS', 'SegmentationDataset',
+           'VOCAugSegmentation', 'VOCSegmentation',
            'get_segmentation_dataset', 'train_aug_ids']
 
 DATASETS = {
@@ -27,10 +30,11 @@ DATASETS = {
     'coco': COCOSegmentation,
     'ade20k': ADE20KSegmentation,
     'citys': CitySegmentation,
+    'folder': FolderSegmentation,
 }
 
-# Number of classes per dataset name.
-NUM_CLASS = {name: cls.NUM_CLASS for name, cls in DATASETS.items()}
+# Number of classes per dataset name (the folder dataset's comes from its classes.txt, so it is not here).
+NUM_CLASS = {name: cls.NUM_CLASS for name, cls in DATASETS.items() if cls.NUM_CLASS}
 
 
 def get_segmentation_dataset(name, split='train', mode=None, root=None, transform=None, base_size=520,
@@ -40,7 +44,8 @@ def get_segmentation_dataset(name, split='train', mode=None, root=None, transfor
     Parameters
     ----------
     name : str
-        One of ``DATASETS`` (case-insensitive): pascal_voc, pascal_aug, coco, ade20k, citys.
+        One of ``DATASETS`` (case-insensitive): pascal_voc, pascal_aug, coco, ade20k, citys, folder (your own
+        data: ``root`` holds classes.txt, images/<split>/, masks/<split>/).
     split : str
         Which file list; the valid values depend on the dataset (see its class). Note that ``pascal_voc``
         ``'train'`` is VOC trainval and ``pascal_aug`` ``'train'`` is SBD train+val, as in GluonCV; pascal_aug

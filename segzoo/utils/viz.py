@@ -1,8 +1,9 @@
-"""Colour palettes for label masks, and image/mask overlays.
+"""Colour palettes for label masks, image/mask overlays, and photo | ground truth | prediction panels.
 
 ``get_color_pallete`` keeps GluonCV's name and output (a PIL 'P' image with the dataset's palette),
 but never modifies the mask it is given and rejects unknown dataset names instead of silently
-using the VOC palette.
+using the VOC palette. Every function also takes ``palette=`` (a flat list, e.g. ``class_palette(colors)`` of
+a folder dataset's palette.txt) instead of a dataset name.
 """
 import os
 
@@ -112,7 +113,18 @@ PALETTES = {
 }
 
 
-def _palette_for(dataset):
+def class_palette(colors=None):
+    """Flat 256-colour palette: `colors` (a sequence of (r, g, b), one per class) first, then the VOC colour map
+    (which also gives index 255, ignore, its cream colour); ``colors=None`` is the VOC colour map itself."""
+    palette = list(_VOC)
+    for index, rgb in enumerate(colors or ()):
+        palette[3 * index:3 * index + 3] = [int(v) for v in rgb]
+    return palette
+
+
+def _palette_for(dataset, palette=None):
+    if palette is not None:
+        return list(palette), 0
     if dataset not in PALETTES:
         raise ValueError(f'unknown dataset {dataset!r} for a colour palette; valid names: {sorted(PALETTES)}')
     return PALETTES[dataset]
@@ -132,7 +144,7 @@ def _as_class_ids(mask):
     return mask.astype(np.int64)
 
 
-def get_color_pallete(mask, dataset='pascal_voc'):
+def get_color_pallete(mask, dataset='pascal_voc', palette=None):
     """Colour a class-id mask with the dataset's palette (GluonCV's name, spelling included).
 
     Parameters
@@ -143,13 +155,15 @@ def get_color_pallete(mask, dataset='pascal_voc'):
         One of 'pascal_voc', 'pascal_aug', 'coco' (VOC palette; -1 shown as colour 255),
         'ade20k' (ids shifted by +1 so -1 is black "other"), 'citys' (-1 shown as index 255,
         outside the 19-colour palette), 'mhpv1'.
+    palette : list of int or None
+        Flat [r0, g0, b0, ...] palette used instead of the dataset's (ids not shifted; -1 shown as index 255).
 
     Returns
     -------
     PIL.Image.Image
         Mode 'P', size (W, H), with the palette attached.
     """
-    palette, offset = _palette_for(dataset)
+    palette, offset = _palette_for(dataset, palette)
     ids = _as_class_ids(mask)
     ids = ids + offset
     ids[ids == IGNORE_LABEL] = 255  # only reachable with offset 0: ADE's -1 became 0 ("other")
@@ -185,7 +199,7 @@ def _as_rgb_image(image):
     return Image.fromarray(image, mode='RGB')
 
 
-def overlay(image, mask, dataset='pascal_voc', alpha=0.5):
+def overlay(image, mask, dataset='pascal_voc', alpha=0.5, palette=None):
     """Blend the coloured mask over the image.
 
     Parameters
@@ -195,6 +209,8 @@ def overlay(image, mask, dataset='pascal_voc', alpha=0.5):
     dataset : str, default 'pascal_voc'
     alpha : float in [0, 1], default 0.5
         Weight of the mask colours; 0 gives the image, 1 the coloured mask.
+    palette : list of int or None
+        Instead of the dataset's (see :func:`get_color_pallete`).
 
     Returns
     -------
@@ -204,13 +220,13 @@ def overlay(image, mask, dataset='pascal_voc', alpha=0.5):
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'alpha must be in [0, 1], got {alpha}')
     rgb = _as_rgb_image(image)
-    colored = get_color_pallete(mask, dataset).convert('RGB')
+    colored = get_color_pallete(mask, dataset, palette).convert('RGB')
     if colored.size != rgb.size:
         raise ValueError(f'mask size {colored.size} (W, H) differs from image size {rgb.size}')
     return Image.blend(rgb, colored, alpha)
 
 
-def save_prediction(path_prefix, image, mask, dataset='pascal_voc', alpha=0.5):
+def save_prediction(path_prefix, image, mask, dataset='pascal_voc', alpha=0.5, palette=None):
     """Write ``<path_prefix>_mask.png`` (palette PNG) and ``<path_prefix>_overlay.png`` (RGB).
 
     Parent folders are created. Arguments as :func:`overlay`. Returns (mask_path, overlay_path).
@@ -219,7 +235,98 @@ def save_prediction(path_prefix, image, mask, dataset='pascal_voc', alpha=0.5):
     os.makedirs(folder, exist_ok=True)
     mask_path = f'{path_prefix}_mask.png'
     overlay_path = f'{path_prefix}_overlay.png'
-    blended = overlay(image, mask, dataset, alpha)
-    get_color_pallete(mask, dataset).save(mask_path)
+    blended = overlay(image, mask, dataset, alpha, palette)
+    get_color_pallete(mask, dataset, palette).save(mask_path)
     blended.save(overlay_path)
     return mask_path, overlay_path
+
+
+def _class_color(palette, offset, class_id):
+    start = 3 * (class_id + offset)
+    return tuple(v / 255.0 for v in palette[start:start + 3])
+
+
+def labelled_accuracy(label, pred):
+    """Share of the labelled pixels (label != -1) whose prediction is right, or None when none is labelled."""
+    valid = np.asarray(label) != IGNORE_LABEL
+    return float((np.asarray(pred)[valid] == np.asarray(label)[valid]).mean()) if valid.any() else None
+
+
+def panels(image, label, pred, class_names, dataset='pascal_voc', palette=None, title=None):
+    """One picture of three panels, photo | ground truth | prediction, with a legend of the classes shown.
+
+    Parameters
+    ----------
+    image : PIL image or uint8 (H, W, 3)
+    label : (H, W) class ids, -1 ignored (drawn in the ignore colour), or None (the middle panel says so)
+    pred : (H, W) class ids, same size
+    class_names : sequence of str
+        Names of the class ids.
+    dataset, palette
+        Colours, as :func:`get_color_pallete`.
+    title : str or None
+        Headline, e.g. which image this is (training or held-out); the pixel accuracy on the labelled pixels
+        is appended when `label` is given.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB.
+    """
+    import io
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rgb = _as_rgb_image(image)
+    pred = _as_class_ids(pred)
+    flat, offset = _palette_for(dataset, palette)
+    shown = [('photo', rgb), ('prediction', get_color_pallete(pred, dataset, palette).convert('RGB'))]
+    present = set(np.unique(pred).tolist())
+    headline = title or ''
+    if label is not None:
+        label = _as_class_ids(label)
+        if label.shape != pred.shape:
+            raise ValueError(f'label shape {label.shape} differs from the prediction shape {pred.shape}')
+        shown.insert(1, ('ground truth', get_color_pallete(label, dataset, palette).convert('RGB')))
+        present |= set(np.unique(label[label != IGNORE_LABEL]).tolist())
+        accuracy = labelled_accuracy(label, pred)
+        if accuracy is not None:
+            headline = f'{headline}: ' if headline else ''
+            headline += f'pixel accuracy {100.0 * accuracy:.1f} % on the labelled pixels'
+    else:
+        shown.insert(1, ('ground truth: none given', Image.new('RGB', rgb.size, (255, 255, 255))))
+    width, height = rgb.size
+    fig, axes = plt.subplots(1, 3, figsize=(12, 12 * height / (3 * width) + 1.6))
+    for ax, (name, picture) in zip(axes, shown):
+        ax.imshow(np.asarray(picture))
+        ax.set_title(name)
+        ax.axis('off')
+    handles = []
+    for class_id in sorted(c for c in present if 0 <= c < len(class_names)):
+        share_pred = 100.0 * float((pred == class_id).mean())
+        text = f'{class_names[class_id]} (pred {share_pred:.0f} %'
+        if label is not None:
+            text += f', truth {100.0 * float((label == class_id).mean()):.0f} %'
+        handles.append(Patch(facecolor=_class_color(flat, offset, class_id), edgecolor='black', label=text + ')'))
+    if label is not None and (label == IGNORE_LABEL).any():
+        handles.append(Patch(facecolor=_class_color(flat, 0, 255 - offset), edgecolor='black',
+                             label='ignored (not scored)'))
+    fig.legend(handles=handles, loc='lower center', ncol=min(4, max(1, len(handles))), fontsize=9, frameon=False)
+    if headline:
+        fig.suptitle(headline)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=80)
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert('RGB')
+
+
+def save_panels(path, image, label, pred, class_names, dataset='pascal_voc', palette=None, title=None):
+    """Write :func:`panels` to `path` (parent folders created); returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    panels(image, label, pred, class_names, dataset, palette, title).save(path)
+    return path
