@@ -1,12 +1,12 @@
-"""Shared test set-up: MXNet engine threads for multi-context tests, and the bundled real sample data."""
+"""Shared test set-up: MXNet engine threads for multi-context tests, the bundled sample data, the GluonCV oracle."""
 import os
+
+import pytest
 
 # Tests run SyncBatchNorm over 2 CPU contexts. All CPU contexts share one engine worker pool (1 thread by default)
 # and a SyncBN op blocks its worker until every device's copy has arrived, so 1 worker deadlocks. MXNet reads the
-# variable when its engine starts, so it is set here, before any test module imports mxnet (train.py does the same).
+# variable when its engine starts, so it is set here, before any test module imports mxnet.
 os.environ.setdefault('MXNET_CPU_WORKER_NTHREADS', '2')
-
-import pytest
 
 SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'segzoo', 'sample_data')
 
@@ -15,3 +15,23 @@ SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def sample_data():
     """Root of the bundled real data (voc_mini, sbd_mini, coco_mini, ade_mini)."""
     return SAMPLE_DATA
+
+
+@pytest.fixture(scope='session')
+def gluoncv():
+    """GluonCV, the reference oracle (the ``test`` extra): a test that compares against it is skipped without it."""
+    return pytest.importorskip('gluoncv')
+
+
+@pytest.fixture(scope='session')
+def folder_dataset(tmp_path_factory):
+    """A 3-class folder dataset (background, person, other) from the bundled VOC photos: 4 train + 2 val images,
+    written by ``scripts/datasets/folder.py --make-example`` (copy it before changing it)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(SAMPLE_DATA), os.pardir, 'scripts', 'datasets', 'folder.py')
+    spec = importlib.util.spec_from_file_location('folder_example_script', os.path.abspath(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = str(tmp_path_factory.mktemp('folder') / 'mine')
+    module.make_example(root, num_train=4, num_val=2)
+    return root

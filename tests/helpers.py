@@ -1,11 +1,45 @@
 """Small helpers shared by several test modules (test modules never import each other)."""
 import collections
+import importlib.util
 import io
+import os
 import pickle
+import shutil
 import zipfile
 import zlib
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(relpath):
+    """Import the script ``ROOT/relpath`` (train.py, test.py, scripts/...) as a module, without putting it on sys.path.
+
+    A unique module name keeps ``test.py`` from clashing with the standard library's ``test`` package.
+    """
+    name = 'segzoo_script_' + os.path.splitext(relpath)[0].replace(os.sep, '_').replace('/', '_')
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_voc_root(sample_data, dest, num_train=4, num_val=2):
+    """A VOC root in ``dest`` with the first ``num_train`` (train/trainval) and next ``num_val`` (val) images."""
+    src = os.path.join(sample_data, 'voc_mini', 'VOC2012')
+    ids = sorted(f[:-4] for f in os.listdir(os.path.join(src, 'SegmentationClass')))[:num_train + num_val]
+    voc = os.path.join(dest, 'VOC2012')
+    for sub, ext in (('JPEGImages', '.jpg'), ('SegmentationClass', '.png')):
+        os.makedirs(os.path.join(voc, sub), exist_ok=True)
+        for i in ids:
+            shutil.copy(os.path.join(src, sub, i + ext), os.path.join(voc, sub, i + ext))
+    lists = os.path.join(voc, 'ImageSets', 'Segmentation')
+    os.makedirs(lists, exist_ok=True)
+    for name, chosen in (('train', ids[:num_train]), ('trainval', ids[:num_train]), ('val', ids[num_train:])):
+        with open(os.path.join(lists, name + '.txt'), 'w') as f:
+            f.write('\n'.join(chosen) + '\n')
+    return str(dest)
 
 
 def composer_synthetic_array(name, shape, seed):

@@ -15,9 +15,7 @@ import sys
 import mxnet as mx
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import make_voc_root  # noqa: E402
+from helpers import ROOT, make_voc_root
 
 SCALE = ['--no-cuda', '--ngpus', '2', '--epochs', '1', '--crop-size', '32', '--base-size', '40', '--batch-size', '2',
          '--test-batch-size', '2', '--workers', '0', '--no-pretrained-base', '--log-interval', '1']
@@ -65,6 +63,7 @@ def _run(cwd, argv):
     return proc
 
 
+@pytest.mark.slow     # ~60 s: three ResNet-101 runs (building and saving the 60M-parameter model dominates)
 @pytest.mark.timeout(600)
 def test_published_chain_runs_scaled_down(sample_data, tmp_path):
     coco = make_coco_root(sample_data, tmp_path / 'data' / 'coco')

@@ -1,17 +1,20 @@
-"""test.py end to end on the bundled real VOC/ADE data with a tiny randomly initialised model saved to a .params file.
+"""test.py and scripts/demo.py end to end on bundled real VOC/ADE images with a tiny randomly initialised model
+saved to a .params file.
 
 Metrics are checked against SegmentationMetric computed here, independently, on the same network's predictions.
 """
-import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import ROOT, load_script, make_voc_root
 from segzoo.data import DATASETS, get_segmentation_dataset
 from segzoo.data.transforms import ImageNormalize
 from segzoo.inference import predict
@@ -19,19 +22,9 @@ from segzoo.model_zoo import get_segmentation_model
 from segzoo.utils.metrics import SegmentationMetric
 from segzoo.utils.viz import get_color_pallete
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ['--model', 'deeplab', '--backbone', 'resnet_tiny', '--no-cuda', '--workers', '0']
 
-
-def _load_script():
-    # test.py would clash with the standard library's `test` package under its own name.
-    spec = importlib.util.spec_from_file_location('segzoo_test_script', os.path.join(ROOT, 'test.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_script('test.py')
 
 
 def _tiny_weights(tmp_path_factory, dataset, seed):
@@ -48,8 +41,9 @@ def voc_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def voc_root(sample_data):
-    return os.path.join(sample_data, 'voc_mini')
+def voc_root(sample_data, tmp_path_factory):
+    """Four real VOC photographs (full size) as the val split: batch 3 leaves a last batch of 1."""
+    return make_voc_root(sample_data, tmp_path_factory.mktemp('voc'), num_train=0, num_val=4)
 
 
 def _net(path, dataset='pascal_voc'):
@@ -203,11 +197,9 @@ def test_flag_errors(voc_weights, voc_root, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ scripts/demo.py
-def _load_demo():
-    spec = importlib.util.spec_from_file_location('segzoo_demo_script', os.path.join(ROOT, 'scripts', 'demo.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope='module')
+def demo():
+    return load_script(os.path.join('scripts', 'demo.py'))
 
 
 def _voc_image(voc_root):
@@ -215,8 +207,7 @@ def _voc_image(voc_root):
     return os.path.join(folder, sorted(os.listdir(folder))[0])
 
 
-def test_demo_writes_mask_and_overlay(voc_weights, voc_root, tmp_path, capsys):
-    demo = _load_demo()
+def test_demo_writes_mask_and_overlay(demo, voc_weights, voc_root, tmp_path, capsys):
     image_path = _voc_image(voc_root)
     prefix = str(tmp_path / 'sub' / 'demo')
     result = demo.main(demo.parse_args([image_path, '--model', 'deeplab', '--backbone', 'resnet_tiny',
@@ -239,9 +230,7 @@ def test_demo_writes_mask_and_overlay(voc_weights, voc_root, tmp_path, capsys):
     assert all(names[i] in printed for i in ids)
 
 
-def test_demo_command_line_and_errors(voc_weights, voc_root, tmp_path):
-    import subprocess
-    import sys
+def test_demo_command_line_and_errors(demo, voc_weights, voc_root, tmp_path):
     prefix = str(tmp_path / 'cli')
     env = dict(os.environ, OMP_NUM_THREADS='1')
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'demo.py'), _voc_image(voc_root),
@@ -250,7 +239,6 @@ def test_demo_command_line_and_errors(voc_weights, voc_root, tmp_path):
                            '--out', prefix], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert os.path.isfile(prefix + '_mask.png') and os.path.isfile(prefix + '_overlay.png')
-    demo = _load_demo()
     with pytest.raises(SystemExit):
         demo.parse_args([_voc_image(voc_root), '--model', 'deeplab', '--backbone', 'resnet_tiny'])  # no weights
     args = demo.parse_args([str(tmp_path / 'missing.jpg'), '--model', 'deeplab', '--backbone', 'resnet_tiny',
