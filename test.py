@@ -1,6 +1,6 @@
 """Evaluate a segmentation network: metrics on a labelled split, predictions for the test server, or latency.
 
-GluonCV's ``scripts/segmentation/test.py`` flags, working where GluonCV's script does not (spec 3.8): any batch
+GluonCV's ``scripts/segmentation/test.py`` flags, working where GluonCV's script does not: any batch
 size on CPU, ``--mode`` honoured, test mode that runs, and multi-scale + flip + sliding-window evaluation with
 GluonCV's ``MultiEvalModel`` semantics (``segzoo.inference.predict``), which GluonCV's script never reaches.
 
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from segzoo import cli
 from segzoo.data import NUM_CLASS, get_segmentation_dataset
+from segzoo.data.base import BASE_SIZE, CROP_SIZE
 from segzoo.data.loader import get_dataloader
 from segzoo.data.transforms import ImageNormalize
 from segzoo.inference import FUSIONS, parallel_predict, predict_whole
@@ -164,7 +165,6 @@ def save_prediction_png(pred, path, dataset):
     get_color_pallete(pred, dataset).save(path)
 
 
-# ------------------------------------------------------------------------------------------------ reporting
 # ------------------------------------------------------------------------------------------------ runs
 def run_dataset(net, dataset, args, ctx_list):
     """Predict every image of ``dataset``; update the metric (labelled modes) and write PNGs (``--save-pred``)."""
@@ -225,8 +225,8 @@ def main(args):
         return record
 
     net = cli.load_eval_model(args, ctx_list, NUM_CLASS.get(args.dataset))
-    args.base_size = args.base_size or getattr(net, 'base_size', 520)
-    args.crop_size = args.crop_size or getattr(net, 'crop_size', 480)
+    args.base_size = args.base_size or getattr(net, 'base_size', BASE_SIZE)
+    args.crop_size = args.crop_size or getattr(net, 'crop_size', CROP_SIZE)
     settings = multi_eval_settings(args)
     if settings is None or len(ctx_list) == 1:
         net.hybridize()   # several devices on the multi-scale path run imperatively in threads, as in GluonCV
@@ -256,4 +256,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -11,60 +11,59 @@ The published GluonCV chain, COCO -> Pascal VOC-aug -> Pascal VOC, runs as writt
 
 ``--resume`` takes either a run directory / its ``checkpoint.json`` (a full state: continue exactly where the run
 stopped, mid-epoch included) or a ``.params`` file (weights only: a new stage with a fresh schedule).
-Outputs go to ``runs/<dataset>/<model family>/<checkname>/`` (see ``segzoo.cli.run_dir``).
+Outputs go to ``runs/<dataset>/<method>/<checkname>/`` (see ``segzoo.cli.run_dir``).
 """
-import argparse
+import dataclasses
 import json
+import logging
 import math
 import os
-import random
-import sys
 import time
+from typing import Callable, Optional
 
+import mxnet as mx
+from mxnet import autograd
+from tqdm import tqdm
 
-def _preset_cpu_engine_threads(argv):
-    """Give MXNet's CPU engine one worker thread per device for ``--syncbn --no-cuda --ngpus N``.
-
-    All CPU contexts share one engine thread pool (``MXNET_CPU_WORKER_NTHREADS``, default 1), and a SyncBatchNorm
-    op blocks its worker until every device's twin arrives, so N CPU devices need N workers or the run deadlocks
-    (measured with MXNet 1.9.1). The variable is read when the engine starts, hence before ``import mxnet``.
-    """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument('--syncbn', action='store_true')
-    pre.add_argument('--no-cuda', action='store_true')
-    pre.add_argument('--ngpus', type=int, default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.syncbn and known.no_cuda and (known.ngpus or 1) > 1:
-        current = int(os.environ.get('MXNET_CPU_WORKER_NTHREADS', '1'))
-        os.environ['MXNET_CPU_WORKER_NTHREADS'] = str(max(current, known.ngpus))
-
-
-if __name__ == '__main__':
-    _preset_cpu_engine_threads(sys.argv[1:])
-
-import mxnet as mx  # noqa: E402  (after the engine preset above)
-import numpy as np  # noqa: E402
-from mxnet import autograd, gluon  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from segzoo import checkpoint as ckpt  # noqa: E402
-from segzoo import cli  # noqa: E402
-from segzoo.data import get_segmentation_dataset  # noqa: E402
-from segzoo.data.loader import get_dataloader  # noqa: E402
-from segzoo.data.transforms import ImageNormalize  # noqa: E402
-from segzoo.loss import MixSoftmaxCrossEntropyLoss  # noqa: E402
-from segzoo.lr_scheduler import get_lr_scheduler  # noqa: E402
-from segzoo.optimizer import SGDW  # noqa: F401,E402  (registers 'sgdw' with MXNet)
-from segzoo.utils.fileio import atomic_write, write_json  # noqa: E402
-from segzoo.utils.metrics import SegmentationMetric, class_iou_table  # noqa: E402
-from segzoo.utils.parallel import parallel_apply, split_batch  # noqa: E402
+from segzoo import checkpoint as ckpt
+from segzoo import cli
+from segzoo.checkpoint import TrainState
+from segzoo.data import get_segmentation_dataset
+from segzoo.data.loader import get_dataloader
+from segzoo.data.transforms import ImageNormalize
+from segzoo.loss import MixSoftmaxCrossEntropyLoss
+from segzoo.lr_scheduler import get_lr_scheduler
+from segzoo.optimizer import OPTIMIZERS, make_optimizer
+from segzoo.utils.fileio import atomic_write, write_json
+from segzoo.utils.metrics import SegmentationMetric, class_iou_table
+from segzoo.utils.parallel import check_engine_threads, parallel_apply, split_batch
 
 DEFAULT_TRAIN_SPLIT = {'pascal_aug': 'train_aug'}
+# Flags a full-state resume must repeat: they define the lr schedule the saved trainer state is part of.
 SCHEDULE_ARGS = ('lr', 'lr_scheduler', 'power', 'warmup_epochs', 'epochs', 'batch_size', 'optimizer')
+logger = logging.getLogger('segzoo')      # configured by cli.setup_logger in main
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    """How :func:`train_one_epoch` runs: fixed for the whole run, unlike the :class:`TrainState` it advances."""
+    ctx_list: list
+    run_dir: str
+    save: Callable                    # save(state, best=False): write a checkpoint of the run
+    seed: int = 0
+    dtype: str = 'float32'
+    threaded: bool = False            # per-device forward/backward in threads: SyncBN waits for every device
+    log_interval: int = 20
+    save_interval: int = 0            # also checkpoint every N steps (0: at the end of each epoch only)
+    stop_at_iter: Optional[int] = None
+
+    def stop_requested(self, state):
+        """The stop rule: ``--stop-at-iter`` steps done."""
+        return self.stop_at_iter is not None and state.global_step >= self.stop_at_iter
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -90,7 +89,7 @@ def parse_args(argv=None):
                           'behaviour; ignored when --resume is a full state)')
     opt.add_argument('--batch-size', type=int, default=16, help='global batch, split over the devices')
     opt.add_argument('--test-batch-size', type=int, default=16)
-    opt.add_argument('--optimizer', type=str, default='sgd', choices=('sgd', 'adam', 'sgdw'),
+    opt.add_argument('--optimizer', type=str, default='sgd', choices=tuple(OPTIMIZERS),
                      help='sgdw = SGD with decoupled weight decay (Composer DecoupledSGDW)')
     opt.add_argument('--lr', type=float, default=1e-3, help='backbone learning rate')
     opt.add_argument('--head-lr-mult', type=float, default=10.0, help='lr multiplier of the head and aux head')
@@ -155,17 +154,34 @@ def set_training_policy(net, head_lr_mult, no_wd):
         net.collect_params('.*beta|.*gamma|.*bias').setattr('wd_mult', 0.0)
 
 
+def build_network(args, ctx_list, num_classes, weights):
+    """The network of the model flags (``weights``: a ``.params`` file or None), with the training policy set."""
+    net = cli.build_model(args, ctx_list, weights=weights)
+    cli.check_num_classes(net, num_classes, args)
+    if args.dtype == 'float16':
+        net.cast('float16')
+    set_training_policy(net, args.head_lr_mult, args.no_wd)   # before the Trainer (and before loading states)
+    return net
+
+
+def iterations_per_epoch(train_set, args):
+    """Optimizer steps per epoch (GluonCV: whole batches only); 1 when only validating."""
+    if train_set is None:
+        return 1
+    if len(train_set) < args.batch_size:
+        raise SystemExit(f'error: --batch-size {args.batch_size} exceeds the {len(train_set)} training images '
+                         f'of {args.dataset}/{args.train_split}')
+    return len(train_set) // args.batch_size
+
+
 def make_trainer(net, args, iters_per_epoch, kvstore):
     """``gluon.Trainer`` with GluonCV's per-iteration schedule (``num_update`` counts every step)."""
     schedule = get_lr_scheduler(args.lr_scheduler, args.lr, args.epochs, iters_per_epoch,
                                 warmup_epochs=args.warmup_epochs, power=args.power)
-    params = {'learning_rate': args.lr, 'wd': args.weight_decay, 'lr_scheduler': schedule,
-              'begin_num_update': args.start_epoch * iters_per_epoch}
-    if args.optimizer in ('sgd', 'sgdw'):
-        params['momentum'] = args.momentum
-    if args.dtype == 'float16':
-        params['multi_precision'] = True
-    return gluon.Trainer(net.collect_params(), args.optimizer, params, kvstore=kvstore)
+    optimizer = make_optimizer(args.optimizer, args.lr, momentum=args.momentum, wd=args.weight_decay,
+                               lr_scheduler=schedule, begin_num_update=args.start_epoch * iters_per_epoch,
+                               multi_precision=args.dtype == 'float16')
+    return mx.gluon.Trainer(net.collect_params(), optimizer, kvstore=kvstore)
 
 
 def make_loss(args, aux):
@@ -173,54 +189,46 @@ def make_loss(args, aux):
                                       dice_weight=args.dice_weight)
 
 
-# ----------------------------------------------------------------------------------------------- loops
-def train_step(net, loss_fn, trainer, image, label, ctx_list, threaded, dtype):
-    """One optimizer step on a global batch; returns the per-device losses (not synchronised)."""
-    images, labels = split_batch(image.astype(dtype, copy=False), ctx_list), split_batch(label, ctx_list)
-
-    def forward_backward(x, y):
-        # backward in the device's own thread too: SyncBN's backward also waits for every device
-        with autograd.record():
-            loss = loss_fn(*net(x), y)
-        loss.backward()
-        return loss
-
-    losses = parallel_apply(forward_backward, list(zip(images, labels)), threaded)
-    trainer.step(image.shape[0])
-    return losses
-
-
-def evaluate(net, loader, ctx_list, num_classes, dtype='float32'):
-    """Single-scale validation over every image of ``loader``; returns the filled SegmentationMetric."""
-    metric = SegmentationMetric(num_classes)
-    for image, label in loader:
-        devices = ctx_list[:image.shape[0]]
-        preds = [mx.nd.argmax(net(x.astype(dtype, copy=False))[0], axis=1).astype('int32')
-                 for x in split_batch(image, devices)]
-        metric.update(split_batch(label, devices), preds)   # sync: asnumpy inside the metric
-    return metric
+# ----------------------------------------------------------------------------------------------- state
+def restore_state(args, state_file, net, trainer, ctx_list, iters_per_epoch):
+    """The :class:`TrainState` to start from: the full state in ``state_file``, else a new run at --start-epoch."""
+    if state_file is None:
+        if args.resume:          # weights only (loaded by build_network): a new stage with a fresh schedule
+            logger.info(f'loaded weights from {args.resume}; new schedule from epoch {args.start_epoch}')
+        return TrainState(epoch=args.start_epoch, global_step=args.start_epoch * iters_per_epoch)
+    state, saved_args = ckpt.load_checkpoint(state_file, net, trainer, ctx_list)
+    changed = [k for k in SCHEDULE_ARGS if k in saved_args and saved_args[k] != getattr(args, k)]
+    if changed:
+        diff = ', '.join(f'--{k.replace("_", "-")} {saved_args[k]} -> {getattr(args, k)}' for k in changed)
+        raise SystemExit(f'error: {state_file} continues a run with other schedule flags ({diff}); repeat its '
+                         f'flags (see args.json), or start a new stage from its weights with --resume '
+                         f'{os.path.join(os.path.dirname(state_file), ckpt.CHECKPOINT_PARAMS)}')
+    logger.info(f'resumed {state_file}: epoch {state.epoch}, iteration {state.iteration}, '
+                f'step {state.global_step}, best mIoU {state.best_miou:.4f}')
+    return state
 
 
-def _loss_sum(losses, ctx):
-    """Sum of the per-device mean losses, on ``ctx``, without a sync."""
-    return mx.nd.add_n(*[l.sum().as_in_context(ctx) for l in losses]) / len(losses)
+def open_run_dir(args, new_history):
+    """Create the run directory with its train.log and args.json, and seed the global RNGs. ``new_history``: a
+    new run in an old directory, whose metrics.jsonl is removed."""
+    run_dir = cli.run_dir(args)
+    os.makedirs(run_dir, exist_ok=True)
+    cli.setup_logger(os.path.join(run_dir, 'train.log'))
+    logger.info(f'run directory: {run_dir}')
+    write_json(os.path.join(run_dir, 'args.json'), vars(args))
+    if new_history and os.path.exists(os.path.join(run_dir, 'metrics.jsonl')):
+        os.remove(os.path.join(run_dir, 'metrics.jsonl'))
+    ckpt.seed_all(args.seed)
+    return run_dir
 
 
-# ----------------------------------------------------------------------------------------------- bookkeeping
-def _save_state(run_dir, net, trainer, args, state, best=False):
-    meta = dict(state, rng=ckpt.get_rng_state(), args=vars(args))
-    ckpt.save_checkpoint(run_dir, net, trainer, meta, best=best)
-
-
-def _check_finite(value, run_dir, epoch, iteration, logger):
-    if not math.isfinite(value):
-        state_file = os.path.join(run_dir, ckpt.CHECKPOINT_JSON)
-        last = (f'the last good checkpoint is kept: {state_file}' if os.path.isfile(state_file)
-                else 'no checkpoint was written yet')
-        message = (f'loss is {value} at epoch {epoch} iteration {iteration}: training stopped; {last}. '
-                   'Lower --lr, or check the data.')
-        logger.error(message)
-        raise TrainingDiverged(message)
+def loop_config(args, ctx_list, run_dir, net, trainer):
+    """The :class:`LoopConfig` of the flags; checkpoints go to ``run_dir`` with the flags in them."""
+    return LoopConfig(ctx_list=ctx_list, run_dir=run_dir, seed=args.seed, dtype=args.dtype,
+                      threaded=args.syncbn and len(ctx_list) > 1, log_interval=args.log_interval,
+                      save_interval=args.save_interval, stop_at_iter=args.stop_at_iter,
+                      save=lambda state, best=False: ckpt.save_checkpoint(run_dir, net, trainer, state, vars(args),
+                                                                          best))
 
 
 def _append_metrics(run_dir, record):
@@ -254,29 +262,57 @@ def plot_curves(run_dir):
     plt.close(fig)
 
 
-def _resume(args, state_file, net, trainer, ctx_list, iters_per_epoch, logger):
-    """Load the full state ``state_file`` (None: none) into ``net``/``trainer``; returns the progress to continue."""
-    progress = {'epoch': args.start_epoch, 'iteration': 0, 'global_step': args.start_epoch * iters_per_epoch,
-                'best_miou': 0.0}
-    if state_file is None:
-        if args.resume:          # weights only (loaded by build_model): a new stage with a fresh schedule
-            logger.info(f'loaded weights from {args.resume}; new schedule from epoch {args.start_epoch}')
-        return progress
-    meta = ckpt.load_checkpoint(state_file, net, trainer, ctx_list)
-    saved = meta.get('args', {})
-    changed = [k for k in SCHEDULE_ARGS if k in saved and saved[k] != getattr(args, k)]
-    if changed:
-        diff = ', '.join(f'--{k.replace("_", "-")} {saved[k]} -> {getattr(args, k)}' for k in changed)
-        raise SystemExit(f'error: {state_file} continues a run with other schedule flags ({diff}); repeat its '
-                         f'flags (see args.json), or start a new stage from its weights with --resume '
-                         f'{os.path.join(os.path.dirname(state_file), ckpt.CHECKPOINT_PARAMS)}')
-    ckpt.set_rng_state(meta['rng'])
-    progress = {key: meta[key] for key in progress}
-    if meta['epoch_done']:
-        progress.update(epoch=meta['epoch'] + 1, iteration=0)
-    logger.info(f'resumed {state_file}: epoch {progress["epoch"]}, iteration {progress["iteration"]}, '
-                f'step {progress["global_step"]}, best mIoU {progress["best_miou"]:.4f}')
-    return progress
+# ----------------------------------------------------------------------------------------------- loops
+def train_step(net, loss_fn, trainer, image, label, config):
+    """One optimizer step on a global batch; returns the per-device losses (not synchronised)."""
+    images = split_batch(image.astype(config.dtype, copy=False), config.ctx_list)
+    labels = split_batch(label, config.ctx_list)
+
+    def forward_backward(x, y):
+        # backward in the device's own thread too: SyncBN's backward also waits for every device
+        with autograd.record():
+            loss = loss_fn(*net(x), y)
+        loss.backward()
+        return loss
+
+    losses = parallel_apply(forward_backward, list(zip(images, labels)), config.threaded)
+    trainer.step(image.shape[0])
+    return losses
+
+
+class _LossMeter:
+    """Per-step losses summed on the device and read (a sync point) only at log/checkpoint time."""
+
+    def __init__(self):
+        self.pending, self.num_pending, self.total, self.count = None, 0, 0.0, 0
+
+    def add(self, losses, ctx):
+        """Add the mean over devices of one step's per-device losses."""
+        loss = mx.nd.add_n(*[device_loss.sum().as_in_context(ctx) for device_loss in losses]) / len(losses)
+        self.pending = loss if self.pending is None else self.pending + loss
+        self.num_pending += 1
+
+    def sync(self):
+        """Mean of the losses added since the last sync (waits for them)."""
+        mean = self.pending.asscalar() / self.num_pending
+        self.total, self.count = self.total + mean * self.num_pending, self.count + self.num_pending
+        self.pending, self.num_pending = None, 0
+        return mean
+
+    @property
+    def epoch_mean(self):
+        return self.total / max(self.count, 1)
+
+
+def _check_finite(loss, state, run_dir):
+    if not math.isfinite(loss):
+        state_file = os.path.join(run_dir, ckpt.CHECKPOINT_JSON)
+        last = (f'the last good checkpoint is kept: {state_file}' if os.path.isfile(state_file)
+                else 'no checkpoint was written yet')
+        message = (f'loss is {loss} at epoch {state.epoch} iteration {state.iteration}: training stopped; {last}. '
+                   'Lower --lr, or check the data.')
+        logger.error(message)
+        raise TrainingDiverged(message)
 
 
 def _seed_step(seed, step):
@@ -284,150 +320,131 @@ def _seed_step(seed, step):
     ckpt.seed_mx((seed * 1000003 + step) % (2 ** 31))
 
 
-def train_one_epoch(net, loader, loss_fn, trainer, ctx_list, args, run_dir, progress, logger):
-    """Train on epoch ``progress['epoch']`` from batch ``progress['iteration']``; updates ``progress``.
+def train_one_epoch(net, loss_fn, trainer, loader, state, config):
+    """Train epoch ``state.epoch`` from its batch ``state.iteration`` on, advancing ``state`` at every step.
 
-    Returns
-    -------
-    tuple
-        (mean loss of the batches run, seconds, images seen, whether the epoch was completed).
+    Checkpoints every ``config.save_interval`` steps, and stops early (checkpointed) when ``config.stop_requested``.
+    Returns ``{'loss', 'seconds', 'img/s', 'completed'}``: the mean loss of the batches run, and whether the epoch
+    reached its last batch.
     """
-    threaded = args.syncbn and len(ctx_list) > 1
-    epoch = progress['epoch']
-    loader.set_epoch(epoch, skip_batches=progress['iteration'])
-    num_batches = len(loader) + progress['iteration']
-    window, window_count, total, count = None, 0, 0.0, 0
-    tic, images = time.time(), 0
-    bar = tqdm(loader, total=num_batches, initial=progress['iteration'], desc=f'epoch {epoch}',
-               dynamic_ncols=True, leave=False)
+    loader.set_epoch(state.epoch, skip_batches=state.iteration)
+    num_batches = len(loader) + state.iteration
+    meter, tic, images = _LossMeter(), time.time(), 0
+    bar = tqdm(loader, total=num_batches, initial=state.iteration, desc=f'epoch {state.epoch}', dynamic_ncols=True,
+               leave=False)
     for image, label in bar:
-        _seed_step(args.seed, progress['global_step'])
-        losses = train_step(net, loss_fn, trainer, image, label, ctx_list, threaded, args.dtype)
-        progress['iteration'] += 1
-        progress['global_step'] += 1
+        _seed_step(config.seed, state.global_step)
+        meter.add(train_step(net, loss_fn, trainer, image, label, config), config.ctx_list[0])
+        state.iteration += 1
+        state.global_step += 1
         images += image.shape[0]
-        loss = _loss_sum(losses, ctx_list[0])
-        window = loss if window is None else window + loss
-        window_count += 1
-        last = progress['iteration'] == num_batches
-        save_now = not last and args.save_interval and progress['global_step'] % args.save_interval == 0
-        stop_now = not last and args.stop_at_iter is not None and progress['global_step'] >= args.stop_at_iter
-        if window_count == args.log_interval or last or save_now or stop_now:
-            mean = window.asscalar() / window_count          # sync point: log interval / checkpoint only
-            _check_finite(mean, run_dir, epoch, progress['iteration'], logger)
-            total, count, window, window_count = total + mean * window_count, count + window_count, None, 0
-            lr = trainer.learning_rate
-            rate = images / max(time.time() - tic, 1e-9)
-            bar.set_postfix(loss=f'{mean:.4f}', lr=f'{lr:.2e}', img_s=f'{rate:.1f}')
-            logger.debug(f'epoch {epoch} iter {progress["iteration"]}/{num_batches} loss {mean:.4f} lr {lr:.3e}')
-        if save_now or stop_now:
-            _save_state(run_dir, net, trainer, args, dict(progress, epoch_done=False))
-        if stop_now:
+        last = state.iteration == num_batches
+        stop = not last and config.stop_requested(state)
+        save = stop or (not last and config.save_interval and state.global_step % config.save_interval == 0)
+        if meter.num_pending == config.log_interval or last or save:
+            loss = meter.sync()                                  # sync point: log interval / checkpoint only
+            _check_finite(loss, state, config.run_dir)
+            bar.set_postfix(loss=f'{loss:.4f}', lr=f'{trainer.learning_rate:.2e}',
+                            img_s=f'{images / max(time.time() - tic, 1e-9):.1f}')
+            logger.debug(f'epoch {state.epoch} iter {state.iteration}/{num_batches} loss {loss:.4f}')
+        if save:
+            config.save(state)
+        if stop:
             break
     bar.close()
     mx.nd.waitall()
-    completed = progress['iteration'] >= num_batches
-    return total / max(count, 1), time.time() - tic, images, completed
+    seconds = time.time() - tic
+    return {'loss': meter.epoch_mean, 'seconds': seconds, 'img/s': images / seconds,
+            'completed': state.iteration >= num_batches}
 
 
-def _validate(net, val_loader, ctx_list, num_classes, args):
-    metric = evaluate(net, val_loader, ctx_list, num_classes, args.dtype)
-    pix_acc, miou = metric.get()
-    return metric, float(pix_acc), float(miou)
+def evaluate(net, loader, ctx_list, num_classes, dtype='float32'):
+    """Single-scale validation over every image of ``loader``; returns the filled SegmentationMetric."""
+    metric = SegmentationMetric(num_classes)
+    for image, label in loader:
+        devices = ctx_list[:image.shape[0]]
+        preds = [mx.nd.argmax(net(x.astype(dtype, copy=False))[0], axis=1).astype('int32')
+                 for x in split_batch(image, devices)]
+        metric.update(split_batch(label, devices), preds)   # sync: asnumpy inside the metric
+    return metric
 
 
-def _stop_requested(args, progress):
-    return args.stop_at_iter is not None and progress['global_step'] >= args.stop_at_iter
+def end_epoch(net, trainer, state, stats, val_data, config):
+    """Validate, checkpoint (``model_best.params`` too when mIoU improved), record and log the finished epoch;
+    then move ``state`` to the next epoch. Returns the epoch's record and its validation metric (or None)."""
+    record = {'epoch': state.epoch, 'loss': stats['loss'], 'lr': trainer.learning_rate, 'img/s': stats['img/s'],
+              'seconds': stats['seconds'], 'pixAcc': None, 'mIoU': None}
+    metric, scores = None, ''
+    if val_data is not None:
+        metric = evaluate(net, val_data, config.ctx_list, net.num_classes, config.dtype)
+        pix_acc, miou = (float(v) for v in metric.get())
+        record.update(pixAcc=pix_acc, mIoU=miou)
+        scores = f' | pixAcc {100 * pix_acc:.2f} mIoU {100 * miou:.2f}'
+    improved = record['mIoU'] is not None and record['mIoU'] > state.best_miou
+    if improved:
+        state.best_miou = record['mIoU']
+    state.epoch_done = True
+    config.save(state, best=improved)
+    _append_metrics(config.run_dir, record)
+    plot_curves(config.run_dir)
+    logger.info(f'epoch {state.epoch}: loss {stats["loss"]:.4f} lr {record["lr"]:.3e} {stats["img/s"]:.1f} img/s '
+                f'{stats["seconds"]:.0f}s{scores}')
+    state.next_epoch()
+    return record, metric
 
 
-def _check_syncbn_engine(args, ctx_list):
-    """Refuse to deadlock: SyncBN over N CPU contexts needs N CPU engine workers (see the top of this file)."""
-    workers = int(os.environ.get('MXNET_CPU_WORKER_NTHREADS', '1'))
-    if args.syncbn and not args.eval and ctx_list[0].device_type == 'cpu' and len(ctx_list) > workers:
-        raise SystemExit(f'error: --syncbn on {len(ctx_list)} CPU contexts needs MXNET_CPU_WORKER_NTHREADS >= '
-                         f'{len(ctx_list)} set before MXNet starts (it is {workers}); run train.py as a script, '
-                         f'which sets it, or export it')
+def fit(net, trainer, state, train_data, val_data, args, config):
+    """Train from ``state`` until ``--epochs`` or the stop rule; returns the last epoch's record and the state."""
+    loss_fn = make_loss(args, net.aux_head is not None)
+    record, metric = {'epoch': state.epoch}, None
+    while state.epoch < args.epochs and not config.stop_requested(state):
+        stats = train_one_epoch(net, loss_fn, trainer, train_data, state, config)
+        if stats['completed']:
+            record, metric = end_epoch(net, trainer, state, stats, val_data, config)
+    result = dict(record, iteration=state.iteration, global_step=state.global_step, best_mIoU=state.best_miou)
+    if state.epoch < args.epochs:
+        logger.info(f'stopped at iteration {state.global_step} (--stop-at-iter); continue with '
+                    f'--resume {config.run_dir}')
+    elif metric is not None:
+        class_iou = metric.get_class_iou()
+        logger.info('per-class IoU (%) on the last validation:\n'
+                    + class_iou_table(class_iou, val_data.dataset.CLASSES))
+        result['class_iou'] = class_iou.tolist()
+    return result
+
+
+def validate(net, val_data, ctx_list, dtype):
+    """``--eval``: one validation pass, logged with the per-class IoU table; returns its metrics."""
+    metric = evaluate(net, val_data, ctx_list, net.num_classes, dtype)
+    pix_acc, miou = (float(v) for v in metric.get())
+    class_iou = metric.get_class_iou()
+    logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  mIoU {100 * miou:.2f}\nper-class IoU (%):\n'
+                + class_iou_table(class_iou, val_data.dataset.CLASSES))
+    return {'pixAcc': pix_acc, 'mIoU': miou, 'class_iou': class_iou.tolist()}
 
 
 def main(args):
-    """Run training (or ``--eval``); returns the final metrics dict."""
-    run_dir = cli.run_dir(args)
-    os.makedirs(run_dir, exist_ok=True)
-    logger = cli.setup_logger(os.path.join(run_dir, 'train.log'))
-    logger.info(f'run directory: {run_dir}')
-    write_json(os.path.join(run_dir, 'args.json'), vars(args))
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    ckpt.seed_mx(args.seed)
-
+    """Train (or only validate, with ``--eval``); returns the final metrics dict."""
+    state_file = ckpt.find_state(args.resume) if args.resume else None
+    run_dir = open_run_dir(args, new_history=state_file is None and not args.eval)
     ctx_list = cli.get_contexts(args)
-    _check_syncbn_engine(args, ctx_list)
+    if not args.eval:
+        check_engine_threads(ctx_list, args.syncbn)
     train_set, val_set = get_datasets(args)
     train_data, val_data = make_loaders(train_set, val_set, args)
-    reference = train_set if train_set is not None else val_set
-    state_file = ckpt.find_state(args.resume) if args.resume else None
-    weights_only = bool(args.resume) and state_file is None
-    net = cli.build_model(args, ctx_list, weights=args.resume if weights_only else None)
-    num_classes = reference.NUM_CLASS
-    cli.check_num_classes(net, num_classes, args)
-    if args.dtype == 'float16':
-        net.cast('float16')
-    set_training_policy(net, args.head_lr_mult, args.no_wd)   # before the Trainer (and before loading states)
-
-    iters_per_epoch = len(train_set) // args.batch_size if train_set is not None else 1
-    if iters_per_epoch == 0:
-        raise SystemExit(f'error: --batch-size {args.batch_size} exceeds the {len(train_set)} training images '
-                         f'of {args.dataset}/{args.train_split}')
+    net = build_network(args, ctx_list, (val_set if train_set is None else train_set).NUM_CLASS,
+                        weights=None if state_file else args.resume)
+    iters_per_epoch = iterations_per_epoch(train_set, args)
     trainer = make_trainer(net, args, iters_per_epoch, cli.get_kvstore(args, ctx_list))
-    progress = _resume(args, state_file, net, trainer, ctx_list, iters_per_epoch, logger)
-    metrics_file = os.path.join(run_dir, 'metrics.jsonl')
-    if not args.eval and state_file is None and os.path.exists(metrics_file):
-        os.remove(metrics_file)          # a new run in an old run directory starts a new history
-    class_names = reference.CLASSES
-
+    state = restore_state(args, state_file, net, trainer, ctx_list, iters_per_epoch)
     if args.eval:
-        metric, pix_acc, miou = _validate(net, val_data, ctx_list, num_classes, args)
-        logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  mIoU {100 * miou:.2f}\nper-class IoU (%):\n'
-                    + class_iou_table(metric.get_class_iou(), class_names))
-        return {'pixAcc': pix_acc, 'mIoU': miou, 'class_iou': metric.get_class_iou().tolist()}
-
-    loss_fn = make_loss(args, net.aux_head is not None)
-    logger.info(f'{len(train_set)} training images, {iters_per_epoch} iterations/epoch, devices {ctx_list}')
-    result, metric = dict(progress), None
-    while progress['epoch'] < args.epochs:
-        epoch = progress['epoch']
-        mean_loss, seconds, images, completed = train_one_epoch(net, train_data, loss_fn, trainer, ctx_list, args,
-                                                                run_dir, progress, logger)
-        if not completed:
-            logger.info(f'stopped at iteration {progress["global_step"]} (--stop-at-iter); continue with '
-                        f'--resume {run_dir}')
-            return dict(progress)
-        record = {'epoch': epoch, 'loss': mean_loss, 'lr': trainer.learning_rate, 'img/s': images / seconds,
-                  'seconds': seconds, 'pixAcc': None, 'mIoU': None}
-        improved = False
-        if val_data is not None:
-            metric, pix_acc, miou = _validate(net, val_data, ctx_list, num_classes, args)
-            record.update(pixAcc=pix_acc, mIoU=miou)
-            improved = miou > progress['best_miou']
-            if improved:
-                progress['best_miou'] = miou
-        _save_state(run_dir, net, trainer, args, dict(progress, epoch_done=True), best=improved)
-        _append_metrics(run_dir, record)
-        plot_curves(run_dir)
-        scores = f' | pixAcc {100 * pix_acc:.2f} mIoU {100 * miou:.2f}' if val_data is not None else ''
-        logger.info(f'epoch {epoch}: loss {mean_loss:.4f} lr {record["lr"]:.3e} {record["img/s"]:.1f} img/s '
-                    f'{seconds:.0f}s{scores}')
-        result = dict(record, global_step=progress['global_step'], best_mIoU=progress['best_miou'])
-        progress.update(epoch=epoch + 1, iteration=0)
-        if _stop_requested(args, progress):
-            logger.info(f'stopped at iteration {progress["global_step"]} (--stop-at-iter); continue with '
-                        f'--resume {run_dir}')
-            return result
-    if metric is not None:
-        logger.info('per-class IoU (%) on the last validation:\n' + class_iou_table(metric.get_class_iou(), class_names))
-        result['class_iou'] = metric.get_class_iou().tolist()
+        result = validate(net, val_data, ctx_list, args.dtype)
+    else:
+        logger.info(f'{len(train_set)} training images, {iters_per_epoch} iterations/epoch, devices {ctx_list}')
+        result = fit(net, trainer, state, train_data, val_data, args, loop_config(args, ctx_list, run_dir, net,
+                                                                                   trainer))
     return result
 
 
 if __name__ == '__main__':
-    main(parse_args())
+    cli.run(main, parse_args)

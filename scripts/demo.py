@@ -104,4 +104,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -4,8 +4,8 @@ Layout written by :func:`save_checkpoint` (``run_dir`` = ``runs/<dataset>/<model
 
     state-<step>.params    weights at global step <step> (GluonCV key format)
     state-<step>.states    gluon.Trainer states: momentum buffers, update counts (schedule position), optimizer
-    checkpoint.json        the commit record: epoch, iteration, global step, best mIoU, RNG states, args, and the
-                           names of the two files above
+    checkpoint.json        the commit record: the :class:`TrainState` fields (epoch, iteration, global step, best
+                           mIoU, epoch_done), RNG states, args, and the names of the two files above
     checkpoint.params      the latest weights (a hard link to / copy of state-<step>.params): what GluonCV's
                            ``load_parameters``, ``segzoo.get_model(..., pretrained=PATH)`` and the next stage use
     model_best.params      weights of the best validation mIoU so far (linked like checkpoint.params)
@@ -15,6 +15,7 @@ Every file is written to a temporary name in the same folder, flushed and fsync'
 after both state files are complete, so a crash at any moment leaves either the previous checkpoint or the new one,
 never a mix or a truncated file. Superseded ``state-*`` files are deleted after the commit.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -26,13 +27,40 @@ import numpy as np
 
 from .utils.fileio import atomic_write, write_json
 
-__all__ = ['save_params', 'save_checkpoint', 'load_checkpoint', 'find_state',
+__all__ = ['TrainState', 'save_params', 'save_checkpoint', 'load_checkpoint', 'find_state', 'seed_all', 'seed_mx',
            'get_rng_state', 'set_rng_state', 'CHECKPOINT_JSON', 'CHECKPOINT_PARAMS', 'BEST_PARAMS']
 
 CHECKPOINT_JSON = 'checkpoint.json'
 CHECKPOINT_PARAMS = 'checkpoint.params'
 BEST_PARAMS = 'model_best.params'
 FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a training run is; saved and restored as one by :func:`save_checkpoint` / :func:`load_checkpoint`.
+
+    ``epoch`` is the epoch being trained and ``iteration`` the number of its batches already done; ``global_step``
+    counts optimizer steps over the whole run (the lr schedule's position). ``epoch_done`` marks a state saved after
+    the epoch's validation: training continues at the start of the next epoch.
+    """
+    epoch: int = 0
+    iteration: int = 0
+    global_step: int = 0
+    best_miou: float = 0.0
+    epoch_done: bool = False
+
+    def next_epoch(self):
+        """Move to the first batch of the next epoch."""
+        self.epoch, self.iteration, self.epoch_done = self.epoch + 1, 0, False
+
+    @classmethod
+    def from_record(cls, record):
+        """The state a ``checkpoint.json`` record continues from (missing fields take their defaults)."""
+        state = cls(**{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record})
+        if state.epoch_done:
+            state.next_epoch()
+        return state
 
 
 def save_params(net, path):
@@ -66,7 +94,7 @@ def set_rng_state(state):
     np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
 
 
-def save_checkpoint(run_dir, net, trainer, meta, best=False):
+def save_checkpoint(run_dir, net, trainer, state, args=None, best=False):
     """Write the full training state atomically (see the module docstring).
 
     Parameters
@@ -75,14 +103,16 @@ def save_checkpoint(run_dir, net, trainer, meta, best=False):
     net : gluon.Block
         Its ``save_parameters`` writes GluonCV keys.
     trainer : gluon.Trainer
-    meta : dict
-        JSON-able; must hold ``global_step`` (int). Typically also ``epoch``, ``iteration``, ``best_miou``, ``rng``,
-        ``args``.
+    state : TrainState
+        Saved with the Python and NumPy RNG states of this moment.
+    args : dict or None
+        JSON-able flags of the run (train.py compares the schedule flags on resume).
     best : bool
         These weights are the best so far: ``model_best.params`` becomes a link to (or copy of) them too, so the
         weights are serialised once.
     """
-    step = int(meta['global_step'])
+    meta = dict(dataclasses.asdict(state), rng=get_rng_state(), args=args)
+    step = int(state.global_step)
     params_name, states_name = f'state-{step:08d}.params', f'state-{step:08d}.states'
     save_params(net, os.path.join(run_dir, params_name))
     atomic_write(os.path.join(run_dir, states_name), trainer.save_states)
@@ -124,10 +154,12 @@ def load_checkpoint(json_path, net, trainer, ctx_list):
     Build ``net``, set its ``lr_mult``/``wd_mult`` and create ``trainer`` exactly as in a fresh run first:
     ``Trainer.load_states`` takes the multipliers from the current parameters, not from the file.
 
+    The Python and NumPy RNG states saved with it are restored too.
+
     Returns
     -------
-    dict
-        The checkpoint's metadata (``epoch``, ``iteration``, ``global_step``, ``best_miou``, ``rng``, ``args`` ...).
+    tuple
+        ``(TrainState to continue from, the run's saved args dict (empty if none))``.
     """
     with open(json_path) as f:
         try:
@@ -140,7 +172,16 @@ def load_checkpoint(json_path, net, trainer, ctx_list):
             raise FileNotFoundError(f'{json_path}: the {key} file {meta.get(key)!r} it names is missing')
     net.load_parameters(os.path.join(folder, meta['params']), ctx=ctx_list)
     trainer.load_states(os.path.join(folder, meta['states']))
-    return meta
+    if meta.get('rng'):
+        set_rng_state(meta['rng'])
+    return TrainState.from_record(meta), meta.get('args') or {}
+
+
+def seed_all(seed):
+    """Seed Python's, NumPy's and MXNet's global RNGs (the start of a run)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    seed_mx(seed)
 
 
 def seed_mx(seed):

@@ -11,8 +11,8 @@ meaning is the documented one (see the README):
   exactly as N GPUs would (used by the tests, and for SyncBN on CPU).
 * ``--resume PATH``: a ``.params`` file loads weights only (test.py, demo.py, and train.py's "new stage"); train.py
   also takes a run directory or its ``checkpoint.json`` and then continues the full state (``segzoo.checkpoint``).
-* Run directory: ``runs/<dataset>/<model family>/<checkname>/`` unless ``--save-dir``; for ``--model-zoo`` the family
-  is the zoo name's method (``deeplab_resnet101_coco`` -> ``deeplab``), so the published VOC stage 2 finds stage 1's
+* Run directory: ``runs/<dataset>/<method>/<checkname>/`` unless ``--save-dir``; for ``--model-zoo`` the method is
+  the zoo name's first token (``deeplab_resnet101_coco`` -> ``deeplab``), so the published VOC stage 2 finds stage 1's
   ``runs/pascal_aug/deeplab/res101/checkpoint.params``.
 """
 import argparse
@@ -21,13 +21,29 @@ import os
 
 import mxnet as mx
 
+from .data.base import BASE_SIZE, CROP_SIZE
 from .model_zoo import get_model, get_segmentation_model
+from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
-__all__ = ['add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_norm_layer',
-           'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes', 'model_family', 'build_model', 'run_dir',
-           'setup_logger']
+__all__ = ['run', 'base_parser', 'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
+           'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes', 'method_name',
+           'build_model', 'run_dir', 'setup_logger']
 
-DEFAULT_MODEL_ROOT = os.path.join('~', '.mxnet', 'models')
+
+def run(main, parse_args, argv=None):
+    """Entry point of train.py, test.py and scripts/demo.py: parse the flags, make sure MXNet's CPU engine has the
+    workers SyncBN on CPU contexts needs (this may restart the process once, see ``segzoo.utils.parallel``), run
+    ``main(args)`` and return its result."""
+    args = parse_args(argv)
+    if getattr(args, 'no_cuda', False):
+        ensure_engine_threads(engine_threads_needed(get_contexts(args), args.syncbn))
+    return main(args)
+
+
+def base_parser(description):
+    """An ``ArgumentParser`` that shows the defaults in ``--help`` (every segzoo script uses it)."""
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def add_model_args(parser):
@@ -49,8 +65,8 @@ def add_model_args(parser):
                        help='mx.gluon.contrib.nn.SyncBatchNorm across the devices (threaded forwards)')
     group.add_argument('--no-pretrained-base', dest='pretrained_base', action='store_false', default=True,
                        help='do not load ImageNet weights into the backbone (offline/random start)')
-    group.add_argument('--model-root', type=str, default=DEFAULT_MODEL_ROOT,
-                       help='where published weights are cached (default: ~/.mxnet/models)')
+    group.add_argument('--model-root', type=str, default=None,
+                       help='where published weights are cached (default: $MXNET_HOME/models, else ~/.mxnet/models)')
     group.add_argument('--resume', type=str, default=None, metavar='PATH',
                        help='a .params file (GluonCV\'s or checkpoint.params): weights only; train.py also takes a '
                             'run directory or its checkpoint.json: the full state, continued exactly')
@@ -65,8 +81,8 @@ def add_data_args(parser, default_dataset='pascal_aug'):
     group.add_argument('--dataset-root', type=str, default=None,
                        help="the dataset's root folder (default: the dataset's ~/.mxnet/datasets/ folder)")
     group.add_argument('--workers', type=int, default=16, help='DataLoader worker processes (default: 16)')
-    group.add_argument('--base-size', type=int, default=520, help='base image size (default: 520)')
-    group.add_argument('--crop-size', type=int, default=480, help='crop size (default: 480)')
+    group.add_argument('--base-size', type=int, default=BASE_SIZE, help='base image size')
+    group.add_argument('--crop-size', type=int, default=CROP_SIZE, help='crop size')
     return group
 
 
@@ -118,7 +134,7 @@ def get_norm_layer(syncbn, num_devices):
 
 
 def resolve_pretrained(args):
-    """True when published zoo weights should load: ``--model-zoo`` unless ``--no-pretrained``, else ``--pretrained``."""
+    """Whether published zoo weights load: ``--model-zoo`` unless ``--no-pretrained``, else ``--pretrained``."""
     if args.pretrained is None:
         return bool(args.model_zoo)
     return args.pretrained
@@ -158,18 +174,18 @@ def check_num_classes(net, num_classes, args):
                          f'{num_classes}; use weights trained on {args.dataset} (or the matching --dataset)')
 
 
-def model_family(args):
-    """The model family used in run directories: the zoo name's method, or ``--model``."""
+def method_name(args):
+    """The method of the model flags (``fcn``, ``deeplab`` ...): the zoo name's first token, or ``--model``."""
     if args.model_zoo:
         return args.model_zoo.split('_')[0]
     return args.model
 
 
 def run_dir(args):
-    """``--save-dir`` or ``runs/<dataset>/<model family>/<checkname>``."""
+    """``--save-dir`` or ``runs/<dataset>/<method>/<checkname>``."""
     if getattr(args, 'save_dir', None):
         return args.save_dir
-    return os.path.join('runs', args.dataset, model_family(args), getattr(args, 'checkname', 'default'))
+    return os.path.join('runs', args.dataset, method_name(args), getattr(args, 'checkname', 'default'))
 
 
 def build_model(args, ctx_list, weights=None, dataset=None):
@@ -231,8 +247,3 @@ def setup_logger(log_file=None, level=logging.INFO):
     logger.propagate = False
     return logger
 
-
-def base_parser(description):
-    """An ``ArgumentParser`` with defaults shown."""
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -2,8 +2,9 @@
 
 Paper: "Decoupled Weight Decay Regularization" (Loshchilov & Hutter, arXiv:1711.05101).
 
-Registered with MXNet as ``'sgdw'``, so ``gluon.Trainer(params, 'sgdw', {...})`` and ``train.py --optimizer sgdw``
-use it. One step for a weight ``w`` with gradient ``g`` (already multiplied by ``rescale_grad`` and clipped):
+:func:`make_optimizer` builds it for ``train.py --optimizer sgdw`` (it is not registered with MXNet by name: pass the
+instance to ``gluon.Trainer``). One step for a weight ``w`` with gradient ``g`` (already multiplied by
+``rescale_grad`` and clipped):
 
     buf = momentum * buf + g                      # PyTorch's buffer form (no lr inside)
     w   = w * (1 - (lr_t / initial_lr) * wd) - lr_t * lr_mult * buf
@@ -15,10 +16,9 @@ multiplies by ``lr / initial_lr`` of the parameter group, where an ``lr_mult`` c
 import mxnet as mx
 from mxnet import nd
 
-__all__ = ['SGDW', 'DecoupledSGDW']
+__all__ = ['OPTIMIZERS', 'SGDW', 'DecoupledSGDW', 'make_optimizer']
 
 
-@mx.optimizer.register          # registered under the class name, lower-cased: 'sgdw'
 class SGDW(mx.optimizer.Optimizer):
     """Momentum SGD whose weight decay is decoupled from the gradient step (Composer's DecoupledSGDW).
 
@@ -65,3 +65,20 @@ class SGDW(mx.optimizer.Optimizer):
 
 
 DecoupledSGDW = SGDW   # Composer's name
+
+# train.py's --optimizer choices; the momentum ones take ``momentum``.
+OPTIMIZERS = {'sgd': mx.optimizer.SGD, 'adam': mx.optimizer.Adam, 'sgdw': SGDW}
+_WITH_MOMENTUM = ('sgd', 'sgdw')
+
+
+def make_optimizer(name, learning_rate, momentum=0.9, **kwargs):
+    """The optimizer ``name`` of :data:`OPTIMIZERS`, for ``gluon.Trainer(params, make_optimizer(...))``.
+
+    ``momentum`` applies to sgd and sgdw only; ``kwargs`` (``wd``, ``lr_scheduler``, ``begin_num_update``,
+    ``multi_precision`` ...) go to ``mx.optimizer.Optimizer``.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f'unknown optimizer {name!r}; valid: {", ".join(OPTIMIZERS)}')
+    if name in _WITH_MOMENTUM:
+        kwargs['momentum'] = momentum
+    return OPTIMIZERS[name](learning_rate=learning_rate, **kwargs)

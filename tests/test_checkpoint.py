@@ -41,13 +41,13 @@ def test_round_trip_restores_weights_momentum_and_update_count(tmp_path):
     net, trainer = _net_and_trainer()
     for _ in range(3):
         _step(net, trainer, x)
-    ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': 3, 'epoch': 0, 'rng': ckpt.get_rng_state()})
+    ckpt.save_checkpoint(str(tmp_path), net, trainer, ckpt.TrainState(epoch=0, iteration=3, global_step=3))
     _step(net, trainer, x)
     expected = _weights(net)
 
     other, other_trainer = _net_and_trainer(seed=1)        # different weights before loading
-    meta = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), other, other_trainer, [mx.cpu()])
-    assert meta['global_step'] == 3 and other_trainer.optimizer.num_update == 3
+    state, _ = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), other, other_trainer, [mx.cpu()])
+    assert state == ckpt.TrainState(epoch=0, iteration=3, global_step=3) and other_trainer.optimizer.num_update == 3
     _step(other, other_trainer, x)                          # uses the restored momentum
     for key, value in expected.items():
         np.testing.assert_array_equal(_weights(other)[key], value)
@@ -58,7 +58,7 @@ def test_round_trip_restores_weights_momentum_and_update_count(tmp_path):
 def test_old_state_files_are_replaced(tmp_path):
     net, trainer = _net_and_trainer()
     for step in (1, 2):
-        ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': step})
+        ckpt.save_checkpoint(str(tmp_path), net, trainer, ckpt.TrainState(global_step=step))
     assert not os.path.exists(tmp_path / 'state-00000001.params')
     assert json.loads((tmp_path / 'checkpoint.json').read_text())['params'] == 'state-00000002.params'
 
@@ -78,7 +78,7 @@ def test_rng_state_round_trip():
 @pytest.mark.parametrize('crash_in', ['params', 'states', 'json'])
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, crash_in):
     net, trainer = _net_and_trainer()
-    ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': 1})
+    ckpt.save_checkpoint(str(tmp_path), net, trainer, ckpt.TrainState(global_step=1))
     good = _weights(net)
     _step(net, trainer, mx.nd.ones((2, 4)))
 
@@ -94,13 +94,13 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, cras
     else:
         monkeypatch.setattr(json, 'dump', lambda obj, f, **kw: (f.write('{"trunc'), crash(f.name))[1])
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(str(tmp_path), net, trainer, {'global_step': 2})
+        ckpt.save_checkpoint(str(tmp_path), net, trainer, ckpt.TrainState(global_step=2))
     monkeypatch.undo()
 
     assert not [f for f in os.listdir(tmp_path) if '.tmp' in f]      # temporaries cleaned up
     fresh, fresh_trainer = _net_and_trainer(seed=5)
-    meta = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), fresh, fresh_trainer, [mx.cpu()])
-    assert meta['global_step'] == 1
+    state, _ = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), fresh, fresh_trainer, [mx.cpu()])
+    assert state.global_step == 1
     for key, value in good.items():
         np.testing.assert_array_equal(_weights(fresh)[key], value)
     loaded = mx.nd.load(str(tmp_path / 'checkpoint.params'))             # the public file is intact too
@@ -121,7 +121,7 @@ def test_sigkill_while_saving_never_leaves_a_corrupt_checkpoint(tmp_path):
         while True:
             step += 1
             net.weight.set_data(mx.nd.full(net.weight.shape, step))
-            ckpt.save_checkpoint({str(tmp_path)!r}, net, trainer, {{'global_step': step}})
+            ckpt.save_checkpoint({str(tmp_path)!r}, net, trainer, ckpt.TrainState(global_step=step))
             print(step, flush=True)
     ''')
     for delay in (1.5, 2.2):
@@ -152,3 +152,28 @@ def test_find_state_kinds(tmp_path):
     assert ckpt.find_state(str(tmp_path)) == str(tmp_path / 'checkpoint.json')
     with pytest.raises(FileNotFoundError, match='params file'):
         ckpt.load_checkpoint(str(tmp_path / 'checkpoint.json'), None, None, [mx.cpu()])
+
+
+def test_state_and_rng_restored_as_one_and_old_records_load(tmp_path):
+    """load_checkpoint gives the position to continue from and restores the RNGs saved with it; a record written
+    before TrainState existed (flat keys, written by train.py's old dict) loads the same way."""
+    import random
+    net, trainer = _net_and_trainer()
+    random.seed(7)
+    np.random.seed(8)
+    ckpt.save_checkpoint(str(tmp_path), net, trainer, ckpt.TrainState(epoch=2, iteration=5, global_step=17,
+                                                                      best_miou=0.25, epoch_done=True),
+                         args={'lr': 0.01})
+    expected = (random.random(), np.random.rand())
+    random.seed(99)
+    np.random.seed(99)
+    state, args = ckpt.load_checkpoint(ckpt.find_state(str(tmp_path)), net, trainer, [mx.cpu()])
+    assert (random.random(), np.random.rand()) == expected
+    assert state == ckpt.TrainState(epoch=3, iteration=0, global_step=17, best_miou=0.25) and args == {'lr': 0.01}
+
+    record = json.loads((tmp_path / 'checkpoint.json').read_text())
+    old = {k: record[k] for k in ('params', 'states', 'format_version', 'rng', 'args')}
+    old.update(epoch=4, iteration=3, global_step=11, best_miou=0.5, epoch_done=False)   # a mid-epoch save
+    (tmp_path / 'checkpoint.json').write_text(json.dumps(old))
+    state, _ = ckpt.load_checkpoint(str(tmp_path / 'checkpoint.json'), net, trainer, [mx.cpu()])
+    assert state == ckpt.TrainState(epoch=4, iteration=3, global_step=11, best_miou=0.5)

@@ -5,7 +5,7 @@ import pytest
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from segzoo.utils.parallel import parallel_apply, split_batch
+from segzoo.utils.parallel import check_engine_threads, engine_threads_needed, parallel_apply, split_batch
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]
 
@@ -40,7 +40,7 @@ def _train_one_step(norm_layer, norm_kwargs, ctx_list, values, image, target, th
     trainer.step(image.shape[0])
     outputs = [net(x).asnumpy() for x in split_batch(image, ctx_list)]      # inference: running statistics
     params = {k.split('_', 1)[1]: v.data(ctx_list[0]).asnumpy() for k, v in net.collect_params().items()}
-    return sum(l.asscalar() for l in losses), params, np.concatenate(outputs)
+    return sum(loss.asscalar() for loss in losses), params, np.concatenate(outputs)
 
 
 def test_split_batch_uneven_and_too_small():
@@ -94,3 +94,16 @@ def test_syncbn_two_contexts_equals_batchnorm_on_whole_batch():
     # and plain BatchNorm per device would differ (statistics of half batches): the test can fail
     loss_local, _, _ = _train_one_step(nn.BatchNorm, {}, CTX2, values, image, target, False)
     assert abs(loss_local - loss_bn) > 1e-3
+
+
+def test_engine_threads_rule_and_guard(monkeypatch):
+    """SyncBN over N CPU contexts needs N CPU engine workers; with fewer, the guard exits instead of deadlocking."""
+    assert engine_threads_needed(CTX2, syncbn=True) == 2
+    assert engine_threads_needed(CTX2, syncbn=False) == 1
+    assert engine_threads_needed([mx.gpu(0), mx.gpu(1)], syncbn=True) == 1      # GPUs have their own workers
+    monkeypatch.setenv('MXNET_CPU_WORKER_NTHREADS', '1')
+    with pytest.raises(SystemExit, match='--syncbn on 2 CPU contexts needs MXNET_CPU_WORKER_NTHREADS >= 2'):
+        check_engine_threads(CTX2, syncbn=True)
+    check_engine_threads(CTX2, syncbn=False)
+    monkeypatch.setenv('MXNET_CPU_WORKER_NTHREADS', '2')
+    check_engine_threads(CTX2, syncbn=True)

@@ -1,4 +1,5 @@
 """train.py end to end on the bundled real VOC images (tiny backbone, 32-48 px crops), resume, NaN stop, optimizer."""
+import importlib
 import json
 import os
 import shutil
@@ -8,10 +9,12 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from segzoo import cli
+from segzoo.optimizer import make_optimizer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import train  # noqa: E402
-from segzoo import cli  # noqa: E402
+train = importlib.import_module('train')      # the script at the repository root
 
 
 def make_voc_root(sample_data, dest, num_train=4, num_val=2):
@@ -212,8 +215,8 @@ def test_sgdw_matches_composer_formula():
     schedule = get_lr_scheduler('cosine', lr0, 1, 4)
     param = mx.gluon.Parameter('w', shape=(3,), lr_mult=mult, init=mx.init.Constant(1.0))
     param.initialize(ctx=mx.cpu())
-    trainer = mx.gluon.Trainer([param], 'sgdw', {'learning_rate': lr0, 'wd': wd, 'momentum': momentum,
-                                                 'lr_scheduler': schedule}, kvstore=None)
+    optimizer = make_optimizer('sgdw', lr0, momentum=momentum, wd=wd, lr_scheduler=schedule)
+    trainer = mx.gluon.Trainer([param], optimizer, kvstore=None)
     w, buf = np.ones(3), np.zeros(3)
     target = np.array([0.5, -1.0, 2.0])
     for step in range(1, 5):
@@ -240,3 +243,26 @@ def test_resume_on_two_cpu_devices(voc_root, tmp_path):
     for key in a:
         tol = dict(rtol=0, atol=1e-6) if 'running' in key else dict(rtol=0, atol=0)
         np.testing.assert_allclose(b[key], a[key], err_msg=key, **tol)
+
+
+def test_script_restarts_with_engine_workers_for_syncbn_on_cpu_contexts(voc_root, tmp_path):
+    """``python train.py --syncbn --no-cuda --ngpus 2`` without MXNET_CPU_WORKER_NTHREADS: the entry point restarts
+    the process once with 2 workers (1 deadlocks in SyncBN), so the run trains instead of hanging or exiting."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != 'MXNET_CPU_WORKER_NTHREADS'}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    argv = _argv(voc_root, tmp_path / 'run', '--syncbn', '--ngpus', '2', '--no-val', '--stop-at-iter', '1')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *argv], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / 'run' / 'checkpoint.json').read_text())['global_step'] == 1
+    assert json.loads((tmp_path / 'run' / 'args.json').read_text())['syncbn'] is True
+
+
+def test_optimizers_are_built_where_chosen_not_registered_by_import():
+    from segzoo.optimizer import SGDW
+    assert 'sgdw' not in mx.optimizer.Optimizer.opt_registry       # importing train.py registers nothing
+    assert isinstance(make_optimizer('sgdw', 0.1), SGDW) and make_optimizer('sgdw', 0.1, momentum=0.5).momentum == 0.5
+    assert isinstance(make_optimizer('adam', 0.1), mx.optimizer.Adam)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        make_optimizer('lamb', 0.1)

@@ -23,6 +23,8 @@ __all__ = ['IGNORE_LABEL', 'MODES', 'DatasetError', 'SegmentationDataset', 'defa
            'map_labels', 'read_id_list', 'read_image', 'read_label_image']
 
 IGNORE_LABEL = -1
+# GluonCV's default sizes (its train.py/test.py): images rescaled around BASE_SIZE, CROP_SIZE crops.
+BASE_SIZE, CROP_SIZE = 520, 480
 MODES = ('train', 'val', 'testval', 'test')
 
 # Marks raw values that are neither a class nor ignore in a look-up table.
@@ -250,7 +252,7 @@ class SegmentationDataset(mx.gluon.data.Dataset):
     LAYOUT = ''
     PREPARE = ''
 
-    def __init__(self, root, split, mode=None, transform=None, base_size=520, crop_size=480,
+    def __init__(self, root, split, mode=None, transform=None, base_size=BASE_SIZE, crop_size=CROP_SIZE,
                  gluoncv_mask_pad=False):
         super().__init__()
         self.root = os.path.expanduser(root)

@@ -4,19 +4,61 @@
 per-device forwards must run concurrently, and so must the backwards (on CPU contexts, one thread issuing every
 device's backward deadlocks in SyncBN's backward, measured with MXNet 1.9.1): put ``record(); forward;
 loss.backward()`` inside the function given to :func:`parallel_apply`. MXNet keeps autograd's recording/training
-flags per thread, so each worker thread re-enters the caller's mode. Without SyncBN a plain loop is used (cheaper, and MXNet's engine still overlaps
-the devices' work asynchronously).
+flags per thread, so each worker thread re-enters the caller's mode. Without SyncBN a plain loop is used (cheaper,
+and MXNet's engine still overlaps the devices' work asynchronously).
+
+SyncBN over N *CPU* contexts also needs N worker threads in MXNet's CPU engine: all CPU contexts share one pool
+(``MXNET_CPU_WORKER_NTHREADS``, default 1) and a SyncBN op blocks its worker until every device's twin arrives, so
+fewer workers deadlock (measured with MXNet 1.9.1). MXNet reads the variable once, when it is imported:
+:func:`ensure_engine_threads` (called by the CLIs' entry point) restarts the process with it set when needed, and
+:func:`check_engine_threads` refuses to start a run that would deadlock.
 """
+import os
+import sys
 import threading
 
 from mxnet import autograd
 from mxnet.gluon.utils import split_and_load
 
-__all__ = ['split_batch', 'parallel_apply']
+__all__ = ['split_batch', 'parallel_apply', 'engine_threads_needed', 'ensure_engine_threads', 'check_engine_threads']
+
+ENGINE_THREADS_VAR = 'MXNET_CPU_WORKER_NTHREADS'
+
+
+def _engine_threads():
+    """CPU engine workers of this process (the variable as MXNet read it at import, unless changed since)."""
+    return int(os.environ.get(ENGINE_THREADS_VAR, '1'))
+
+
+def engine_threads_needed(ctx_list, syncbn):
+    """CPU engine workers a run on ``ctx_list`` needs: one per CPU context with SyncBN, else 1."""
+    if syncbn and ctx_list[0].device_type == 'cpu':
+        return len(ctx_list)
+    return 1
+
+
+def ensure_engine_threads(num_threads):
+    """Restart this process (same pid, arguments and interpreter) with ``MXNET_CPU_WORKER_NTHREADS >=
+    num_threads`` if MXNet started with fewer; only an entry point may call this."""
+    if num_threads <= _engine_threads():
+        return
+    os.environ[ENGINE_THREADS_VAR] = str(num_threads)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, getattr(sys, 'orig_argv', None) or [sys.executable, *sys.argv])
+
+
+def check_engine_threads(ctx_list, syncbn):
+    """Exit with a message instead of deadlocking when the CPU engine has too few workers for SyncBN."""
+    needed, workers = engine_threads_needed(ctx_list, syncbn), _engine_threads()
+    if needed > workers:
+        raise SystemExit(f'error: --syncbn on {needed} CPU contexts needs {ENGINE_THREADS_VAR} >= {needed} set '
+                         f'before MXNet starts (it is {workers}); run the script from the command line, which sets '
+                         f'it, or export it')
 
 
 def split_batch(batch, ctx_list):
-    """Split an NDArray along axis 0 over ``ctx_list`` (GluonCV's ``even_split=False``: slice sizes differ by at most one).
+    """Split an NDArray along axis 0 over ``ctx_list`` (GluonCV's ``even_split=False``: sizes differ by at most 1).
 
     Raises ValueError naming both sizes when the batch has fewer samples than there are devices.
     """
