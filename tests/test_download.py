@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from http_server import running_servers, Corrupt, Cut, IgnoreRange, LoopbackServer, Stall, Status
+from http_server import Corrupt, Cut, IgnoreRange, LoopbackServer, Stall, Status, running_servers
 from segzoo import model_store
 from segzoo.utils.download import DownloadError, FileLock, check_sha1, download
 
@@ -45,6 +45,7 @@ def test_check_sha1_prefix(tmp_path):
         check_sha1(str(path), '')
 
 
+@pytest.mark.network
 def test_download_verifies_and_leaves_no_part(server, tmp_path):
     dest = tmp_path / 'sub' / 'data.bin'
     out = download(server.url('/data.bin'), str(dest), sha1_hash=SHA1, **_fast())
@@ -56,6 +57,7 @@ def test_download_verifies_and_leaves_no_part(server, tmp_path):
     assert out == str(tmp_path / 'data.bin')
 
 
+@pytest.mark.network
 def test_resume_after_cut_uses_range(server, tmp_path):
     server.fault('/data.bin', Cut(100_000))
     dest = tmp_path / 'data.bin'
@@ -68,6 +70,7 @@ def test_resume_after_cut_uses_range(server, tmp_path):
     assert 0 < start <= 100_000
 
 
+@pytest.mark.network
 def test_resume_of_existing_part_file(server, tmp_path):
     dest = tmp_path / 'data.bin'
     (tmp_path / 'data.bin.part').write_bytes(PAYLOAD[:12345])
@@ -76,6 +79,7 @@ def test_resume_of_existing_part_file(server, tmp_path):
     assert server.requests == [('/data.bin', 'bytes=12345-')]
 
 
+@pytest.mark.network
 def test_server_ignoring_range_restarts(server, tmp_path):
     dest = tmp_path / 'data.bin'
     (tmp_path / 'data.bin.part').write_bytes(PAYLOAD[:5000])
@@ -85,6 +89,7 @@ def test_server_ignoring_range_restarts(server, tmp_path):
     assert server.requests == [('/data.bin', 'bytes=5000-')]
 
 
+@pytest.mark.network
 def test_corrupt_resumed_part_is_redownloaded(server, tmp_path):
     dest = tmp_path / 'data.bin'
     (tmp_path / 'data.bin.part').write_bytes(b'\0' * 1000)  # wrong bytes from an earlier run
@@ -93,6 +98,7 @@ def test_corrupt_resumed_part_is_redownloaded(server, tmp_path):
     assert server.requests == [('/data.bin', 'bytes=1000-'), ('/data.bin', None)]
 
 
+@pytest.mark.network
 def test_corrupt_download_rejected(server, tmp_path):
     server.fault('/data.bin', Corrupt())
     dest = tmp_path / 'data.bin'
@@ -103,6 +109,7 @@ def test_corrupt_download_rejected(server, tmp_path):
     assert not dest.exists() and not os.path.exists(str(dest) + '.part')
 
 
+@pytest.mark.network
 def test_transient_errors_retried_then_give_up(server, tmp_path):
     server.fault('/data.bin', Status(503), Status(500))
     dest = tmp_path / 'data.bin'
@@ -114,6 +121,7 @@ def test_transient_errors_retried_then_give_up(server, tmp_path):
     assert '3 attempt' in str(info.value) and str(tmp_path / 'again.bin') in str(info.value)
 
 
+@pytest.mark.network
 def test_missing_file_fails_at_once(server, tmp_path):
     with pytest.raises(DownloadError) as info:
         download(server.url('/nope.zip'), str(tmp_path / 'nope.zip'), **_fast())
@@ -121,6 +129,7 @@ def test_missing_file_fails_at_once(server, tmp_path):
     assert len(server.requests) == 1  # a 404 is not retried
 
 
+@pytest.mark.network
 def test_read_timeout_retried(server, tmp_path):
     server.fault('/data.bin', Stall(1.5))
     dest = tmp_path / 'data.bin'
@@ -128,6 +137,7 @@ def test_read_timeout_retried(server, tmp_path):
     assert dest.read_bytes() == PAYLOAD and len(server.requests) == 2
 
 
+@pytest.mark.network
 def test_cached_verified_file_needs_no_network(tmp_path):
     dest = tmp_path / 'data.bin'
     dest.write_bytes(PAYLOAD)
@@ -164,6 +174,7 @@ def store(monkeypatch):
         yield srv
 
 
+@pytest.mark.network
 def test_get_model_file_downloads_verifies_and_caches(store, tmp_path):
     path = model_store.get_model_file(NAME, root=str(tmp_path), progress=False)
     assert path == str(tmp_path / f'{NAME}-{PARAMS_SHA1[:8]}.params')
@@ -174,6 +185,7 @@ def test_get_model_file_downloads_verifies_and_caches(store, tmp_path):
     assert len(store.requests) == 1
 
 
+@pytest.mark.network
 def test_get_model_file_replaces_corrupt_cache(store, tmp_path):
     path = tmp_path / f'{NAME}-{PARAMS_SHA1[:8]}.params'
     path.write_bytes(b'truncated')
@@ -181,6 +193,7 @@ def test_get_model_file_replaces_corrupt_cache(store, tmp_path):
     assert path.read_bytes() == PARAMS
 
 
+@pytest.mark.network
 def test_get_model_file_recovers_from_stale_partial_zip(store, tmp_path):
     stem = f'{NAME}-{PARAMS_SHA1[:8]}'
     (tmp_path / (stem + '.zip.part')).write_bytes(b'\0' * 3000)  # wrong bytes left by a killed run
@@ -198,6 +211,7 @@ def _fetch_in_child(root, repo, result):
         result.put(repr(exc))
 
 
+@pytest.mark.network
 def test_get_model_file_concurrent_processes_download_once(store, tmp_path):
     store.fault(store.zip_path, Stall(1.0))  # the first download is slow, so the second process must wait
     ctx = multiprocessing.get_context('fork')
@@ -213,6 +227,7 @@ def test_get_model_file_concurrent_processes_download_once(store, tmp_path):
     assert len(store.requests) == 1
 
 
+@pytest.mark.network
 def test_get_model_file_rejects_wrong_content(store, tmp_path):
     stem = f'{NAME}-{PARAMS_SHA1[:8]}'
     store.files[store.zip_path] = _zip_bytes(stem + '.params', b'other weights')
@@ -224,6 +239,7 @@ def test_get_model_file_rejects_wrong_content(store, tmp_path):
     assert not (tmp_path / (stem + '.params')).exists() and not (tmp_path / (stem + '.zip')).exists()
 
 
+@pytest.mark.network
 def test_get_model_file_failure_names_url_and_path(store, tmp_path):
     store.files.clear()
     with pytest.raises(model_store.ModelFileError) as info:
@@ -249,8 +265,8 @@ def test_root_defaults_and_repo_url(monkeypatch, tmp_path):
     assert model_store.default_root() == os.path.expanduser(os.path.join('~', '.mxnet', 'models'))
 
 
-def test_sha1_table_matches_gluoncv():
-    from gluoncv.model_zoo import model_store as oracle
+def test_sha1_table_matches_gluoncv(gluoncv):
+    oracle = gluoncv.model_zoo.model_store
     for name, sha1 in model_store.MODEL_SHA1.items():
         assert oracle._model_sha1[name] == sha1, name
     for name in ('fcn_resnet101_voc', 'psp_resnet101_voc', 'deeplab_resnet152_voc', 'deeplab_resnet50_ade',

@@ -3,7 +3,6 @@ import numpy as np
 import mxnet as mx
 import pytest
 from mxnet import autograd
-from gluoncv.loss import MixSoftmaxCrossEntropyLoss as GluonCVLoss
 
 from segzoo.loss import MixSoftmaxCrossEntropyLoss, SoftmaxCrossEntropy2D, SoftmaxDiceLoss
 
@@ -65,9 +64,10 @@ def _composer_dice(logits, label):
 
 @pytest.mark.parametrize('aux_weight', [0.0, 0.2, 0.5, 1.0, 3.0])
 @pytest.mark.parametrize('hybridize', [False, True])
-def test_compat_gradients_equal_gluoncv(aux_weight, hybridize):
+def test_compat_gradients_equal_gluoncv(gluoncv, aux_weight, hybridize):
     main, aux, label = _random_batch(0)
-    ref_value, ref_grads = _run(GluonCVLoss(aux=True, aux_weight=aux_weight), [main, aux], label)
+    ref_value, ref_grads = _run(gluoncv.loss.MixSoftmaxCrossEntropyLoss(aux=True, aux_weight=aux_weight),
+                                 [main, aux], label)
     value, grads = _run(MixSoftmaxCrossEntropyLoss(aux=True, aux_weight=aux_weight, gluoncv_compat=True),
                         [main, aux], label, hybridize)
     for grad, ref in zip(grads, ref_grads):
@@ -76,9 +76,9 @@ def test_compat_gradients_equal_gluoncv(aux_weight, hybridize):
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
 
 
-def test_compat_without_aux_equals_gluoncv():
+def test_compat_without_aux_equals_gluoncv(gluoncv):
     main, _, label = _random_batch(1)
-    ref_value, ref_grads = _run(GluonCVLoss(aux=False), [main], label)
+    ref_value, ref_grads = _run(gluoncv.loss.MixSoftmaxCrossEntropyLoss(aux=False), [main], label)
     value, grads = _run(MixSoftmaxCrossEntropyLoss(aux=False, gluoncv_compat=True), [main], label)
     np.testing.assert_array_equal(grads[0], ref_grads[0])
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)

@@ -3,16 +3,15 @@ import math
 
 import mxnet as mx
 import pytest
-from gluoncv.utils import LRScheduler, LRSequential
 
 from segzoo.lr_scheduler import IterationScheduler, SequentialScheduler, get_lr_scheduler
 
 
-def _gluoncv_schedule(mode, lr, epochs, iters, warmup, power):
-    """What GluonCV's train.py builds."""
-    return LRSequential([
-        LRScheduler('linear', base_lr=0, target_lr=lr, nepochs=warmup, iters_per_epoch=iters),
-        LRScheduler(mode, base_lr=lr, nepochs=epochs - warmup, iters_per_epoch=iters, power=power),
+def _gluoncv_schedule(gluoncv, mode, lr, epochs, iters, warmup, power):
+    """What GluonCV's scripts/segmentation/train.py builds: linear warm-up, then the schedule."""
+    return gluoncv.utils.LRSequential([
+        gluoncv.utils.LRScheduler('linear', base_lr=0, target_lr=lr, nepochs=warmup, iters_per_epoch=iters),
+        gluoncv.utils.LRScheduler(mode, base_lr=lr, nepochs=epochs - warmup, iters_per_epoch=iters, power=power),
     ])
 
 
@@ -23,9 +22,9 @@ def _gluoncv_schedule(mode, lr, epochs, iters, warmup, power):
     ('cosine', 6, 4, 2, 0.9),
     ('poly', 2, 10, 0, 2.0),
 ])
-def test_matches_gluoncv(mode, epochs, iters, warmup, power):
+def test_matches_gluoncv(gluoncv, mode, epochs, iters, warmup, power):
     ours = get_lr_scheduler(mode, 0.01, epochs, iters, warmup_epochs=warmup, power=power)
-    theirs = _gluoncv_schedule(mode, 0.01, epochs, iters, warmup, power)
+    theirs = _gluoncv_schedule(gluoncv, mode, 0.01, epochs, iters, warmup, power)
     # n = 0 .. total + 3 covers the warm-up, the decay, both boundaries and the clamping past the end.
     for n in range(epochs * iters + 4):
         assert ours(n) == pytest.approx(theirs(n), rel=1e-12, abs=1e-15), n
@@ -54,12 +53,12 @@ def test_bad_arguments():
         SequentialScheduler([])
 
 
-def test_trainer_reads_schedule_at_incremented_update_count():
+def test_trainer_reads_schedule_at_incremented_update_count(gluoncv):
     """Through gluon.Trainer: step k (1-based) uses lr(k), as with GluonCV's schedule."""
     param = mx.gluon.Parameter('w', shape=(1,), init=mx.init.One())
     param.initialize(ctx=mx.cpu())
     ours = get_lr_scheduler('poly', 0.5, 2, 3)
-    theirs = _gluoncv_schedule('poly', 0.5, 2, 3, 0, 0.9)
+    theirs = _gluoncv_schedule(gluoncv, 'poly', 0.5, 2, 3, 0, 0.9)
     trainer = mx.gluon.Trainer([param], 'sgd', {'learning_rate': 0.5, 'lr_scheduler': ours}, kvstore=None)
     for k in range(1, 7):
         before = param.data().asscalar()

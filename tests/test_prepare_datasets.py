@@ -1,7 +1,6 @@
 """Dataset preparation scripts on tiny archives with the real internal layout, served from 127.0.0.1
 or read offline from --download-dir. Archive contents are the bundled real sample files."""
 import hashlib
-import importlib.util
 import io
 import os
 import subprocess
@@ -11,7 +10,8 @@ import zipfile
 
 import pytest
 
-from http_server import running_servers, Cut, LoopbackServer
+from helpers import ROOT, load_script
+from http_server import Cut, LoopbackServer, running_servers
 from segzoo.utils.archives import UnsafeArchiveError, extract_archive
 from segzoo.utils.prepare import Archive, PrepareError, dataset_root, link_root
 
@@ -23,16 +23,11 @@ def _no_leaked_servers():
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEAD_MIRROR = 'http://127.0.0.1:9/unreachable'  # port 9 (discard) is closed on loopback: any access fails
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f'prep_{name}', os.path.join(REPO, 'scripts', 'datasets',
-                                                                               f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join('scripts', 'datasets', f'{name}.py'))
 
 
 def _tar(members, gz=False):
@@ -126,6 +121,7 @@ def _check_voc_layout(root, data, counts):
                       'VOCaug': {'train': 3, 'val': 3, 'trainval': 6, 'train_aug': len(data['train_aug'])}}
 
 
+@pytest.mark.network
 def test_pascal_voc_download_resume_and_rerun_offline(monkeypatch, tmp_path, voc_archives, capsys):
     voc = _script('pascal_voc')
     served = _install(monkeypatch, voc, voc_archives['archives'])
@@ -167,6 +163,7 @@ def test_pascal_voc_uses_mxnet_home(monkeypatch, tmp_path, voc_archives):
     _check_voc_layout(str(tmp_path / 'mxhome' / 'datasets' / 'voc'), voc_archives, counts)
 
 
+@pytest.mark.network
 def test_corrupt_or_missing_archive_is_named(monkeypatch, tmp_path, voc_archives):
     voc = _script('pascal_voc')
     served = _install(monkeypatch, voc, voc_archives['archives'])
@@ -191,7 +188,7 @@ def test_corrupt_or_missing_archive_is_named(monkeypatch, tmp_path, voc_archives
 
 def test_pascal_voc_runs_as_script(monkeypatch, tmp_path, voc_archives):
     # the real checksums are in the script, so a subprocess run is checked through its error path
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'datasets', 'pascal_voc.py'),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'datasets', 'pascal_voc.py'),
                            '--root', str(tmp_path / 'voc'), '--download-dir', str(tmp_path / 'none'),
                            '--no-download', '--quiet'], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
@@ -214,6 +211,7 @@ def coco_archives(sample_data):
     return zips
 
 
+@pytest.mark.network
 def test_mscoco_download_and_layout(monkeypatch, tmp_path, coco_archives, capsys):
     coco = _script('mscoco')
     served = _install(monkeypatch, coco, coco_archives)
@@ -257,6 +255,7 @@ def ade_archives(sample_data):
     return {'trainval': ('ADEChallengeData2016.zip', _zip(members)), 'test': ('release_test.zip', _zip(test))}
 
 
+@pytest.mark.network
 def test_ade20k_download_with_test_images(monkeypatch, tmp_path, ade_archives, capsys):
     ade = _script('ade20k')
     served = _install(monkeypatch, ade, ade_archives)
@@ -290,7 +289,7 @@ def test_ade20k_runs_as_script_offline(tmp_path, ade_archives):
     archives = tmp_path / 'archives'
     archives.mkdir()
     (archives / 'ADEChallengeData2016.zip').write_bytes(ade_archives['trainval'][1])
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'datasets', 'ade20k.py'),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'datasets', 'ade20k.py'),
                            '--root', str(tmp_path / 'ade'), '--download-dir', str(archives), '--no-download'],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
@@ -344,6 +343,7 @@ def test_cityscapes_missing_zip_explains_login(monkeypatch, tmp_path, citys_arch
     assert 'https://www.cityscapes-dataset.com/downloads/' in msg and citys.ARCHIVES['gtFine'].sha1 in msg
 
 
+@pytest.mark.network
 def test_cityscapes_from_own_mirror(monkeypatch, tmp_path, citys_archives):
     citys = _script('cityscapes')
     served = _install(monkeypatch, citys, citys_archives)

@@ -5,7 +5,6 @@ import numpy as np
 import mxnet as mx
 import pytest
 from PIL import Image
-from gluoncv.utils.viz import segmentation as gluoncv_viz
 
 from segzoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segzoo.utils import viz
@@ -21,7 +20,12 @@ def _voc_sample(sample_data, name='2007_000032'):
     return image, mask
 
 
-def test_palettes_equal_gluoncv():
+@pytest.fixture(scope='module')
+def gluoncv_viz(gluoncv):
+    return gluoncv.utils.viz.segmentation
+
+
+def test_palettes_equal_gluoncv(gluoncv_viz):
     assert viz.voc_palette(256) == gluoncv_viz.vocpallete
     assert viz.PALETTES['ade20k'][0] == gluoncv_viz.adepallete
     assert viz.PALETTES['citys'][0] == gluoncv_viz.cityspallete
@@ -31,7 +35,7 @@ def test_palettes_equal_gluoncv():
 
 @pytest.mark.parametrize('dataset', DATASETS)
 @pytest.mark.parametrize('dtype', [np.int64, np.int32, np.float32])
-def test_output_equals_gluoncv_and_input_untouched(dataset, dtype):
+def test_output_equals_gluoncv_and_input_untouched(gluoncv_viz, dataset, dtype):
     rng = np.random.RandomState(0)
     num_classes = {'ade20k': 150, 'citys': 19, 'mhpv1': 19}.get(dataset, 21)
     mask = rng.randint(-1, num_classes, (13, 17)).astype(dtype)
