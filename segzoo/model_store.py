@@ -12,7 +12,7 @@ from .utils.download import DownloadError, FileLock, check_sha1, download, sha1s
 from .utils.fileio import fsync_replace
 
 __all__ = ['MODEL_SHA1', 'UNPUBLISHED', 'DEFAULT_REPO', 'PretrainedUnavailableError', 'ModelFileError',
-           'has_pretrained', 'short_hash', 'default_root', 'model_url', 'model_file_path', 'get_model_file']
+           'has_pretrained', 'short_hash', 'mxnet_home', 'default_root', 'model_url', 'model_file_path', 'get_model_file']
 
 _LOG = logging.getLogger(__name__)
 
@@ -20,9 +20,12 @@ DEFAULT_REPO = 'https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/'
 
 # SHA-1 of every segmentation file GluonCV 0.10.5 publishes, and of the ImageNet backbones they start from.
 MODEL_SHA1 = {
-    # ImageNet classification backbones (ResNetV1b / V1s: deep stem)
+    # ImageNet classification backbones (ResNetV1b: torchvision's layout; V1s: deep stem)
     'resnet18_v1b': '2d9d980c990442f826f20781ed039851e78dabe3',
     'resnet34_v1b': '8e16b84814e84f64d897854003f049872991eaa6',
+    'resnet50_v1b': '0ecdba34691be172036ddf244ff1b2eade75ffde',
+    'resnet101_v1b': 'a455932aa95cb7dcfa05fd040b9b5a5660733c39',
+    'resnet152_v1b': 'a5a61ee1ce5ab7c09720775b223360f3c60e211d',
     'resnet50_v1s': '25a187fa281ddc98afbcd0cc0f0646885b874b80',
     'resnet101_v1s': 'bd93a83c05f709a803b1221aeff0b028e6eebb03',
     'resnet152_v1s': 'cf74621d988ad06c6c6aa44f5597e5b600a966cc',
@@ -95,11 +98,14 @@ def short_hash(name):
     return _sha1_of(name)[:8]
 
 
+def mxnet_home():
+    """GluonCV's cache root: ``$MXNET_HOME`` when set, else ``~/.mxnet`` (expanded); it holds models/ and datasets/."""
+    return os.path.expanduser(os.environ.get('MXNET_HOME') or os.path.join('~', '.mxnet'))
+
+
 def default_root():
-    """``$MXNET_HOME/models`` when ``MXNET_HOME`` is set, else ``~/.mxnet/models`` (expanded)."""
-    home = os.environ.get('MXNET_HOME')
-    base = os.path.join(home, 'models') if home else os.path.join('~', '.mxnet', 'models')
-    return os.path.abspath(os.path.expanduser(base))
+    """``$MXNET_HOME/models`` when ``MXNET_HOME`` is set, else ``~/.mxnet/models`` (absolute)."""
+    return os.path.abspath(os.path.join(mxnet_home(), 'models'))
 
 
 def _repo():

@@ -194,3 +194,35 @@ def test_one_train_step_equals_composer(optimizer):
         unbiased = (data[f'after:{bn}.running_var'] - 0.9 * running_before[bn]) / 0.1
         expected = 0.9 * running_before[bn] + 0.1 * unbiased * (count - 1) / count
         np.testing.assert_allclose(_step_param(net, f'{bn}.running_var').data().asnumpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_backbone_weights_imagenet1k_download_into_composer_model(monkeypatch, tmp_path):
+    """backbone_weights='IMAGENET1K_V1': torchvision's file (here a synthetic stand-in served on 127.0.0.1 under a name
+    carrying its SHA-256 prefix) is downloaded, verified, converted into the backbone; the head is initialised."""
+    import hashlib
+
+    from helpers import write_torch_file
+    from http_server import LoopbackServer
+    from segzoo import torch_io
+
+    state = _state_dict('resnet50_plus')
+    torchvision = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    torchvision.update({'fc.weight': np.zeros((1000, 2048), np.float32), 'fc.bias': np.zeros((1000,), np.float32)})
+    staging = tmp_path / 'resnet50.pth'
+    write_torch_file(str(staging), torchvision)
+    payload = staging.read_bytes()
+    name = f'resnet50-{hashlib.sha256(payload).hexdigest()[:8]}.pth'
+    monkeypatch.setitem(torch_io.TORCHVISION_WEIGHTS, ('resnet50', 'IMAGENET1K_V1'), name)
+    with LoopbackServer({f'/models/{name}': payload}) as server:
+        monkeypatch.setenv('SEGZOO_TORCHVISION_REPO', server.url('/models'))
+        net = segzoo.composer_deeplabv3(3, backbone_arch='resnet50', backbone_weights='IMAGENET1K_V1',
+                                        initializers=('kaiming_normal', 'bn_ones'), root=str(tmp_path / 'cache'))
+    np.testing.assert_array_equal(net.backbone.layer4[2].conv3.weight.data().asnumpy(),
+                                  torchvision['layer4.2.conv3.weight'])
+    np.testing.assert_array_equal(net.backbone.bn1.beta.data().asnumpy(), torchvision['bn1.bias'])
+    # kaiming_normal reached the head only (Composer: initializers apply to the classifier with ImageNet weights)
+    project = net.head.aspp.project[0].weight.data().asnumpy()
+    assert project.std() == pytest.approx(np.sqrt(2 / (2560 * 9)), rel=0.01)
+    with pytest.raises(ValueError, match='torchvision-layout backbone'):
+        segzoo.get_segmentation_model('deeplab', backbone='resnet50', pretrained_base='IMAGENET1K_V1')

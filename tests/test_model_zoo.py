@@ -129,3 +129,16 @@ def test_pretrained_base_loads_gluoncv_imagenet_file(published_files):
     publish('resnet50_v1s', lambda path: mx.nd.save(path, arrays))
     with pytest.raises(ValueError, match=r'missing from the file: layer1\.0\.bn1\.gamma'):
         get_segmentation_model('fcn', backbone='resnet50', pretrained_base=True, root=root)
+
+
+def test_composer_names_start_from_gluoncv_v1b_imagenet_file(published_files):
+    """Composer's zoo networks use torchvision's layout, whose GluonCV ImageNet file is resnet50_v1b."""
+    root, publish = published_files
+    imagenet = get_backbone('resnet50_v1b')
+    imagenet.initialize(mx.init.Xavier())
+    arrays = {key: param.data() for key, param in imagenet._collect_params_with_prefix().items()}
+    arrays.update({'fc.weight': mx.nd.zeros((1000, 2048)), 'fc.bias': mx.nd.zeros((1000,))})
+    publish('resnet50_v1b', lambda path: mx.nd.save(path, arrays))
+    net = get_model('deeplabplus_resnet50_ade', root=root)
+    assert not net.aux and (net.base_size, net.crop_size) == (512, 512)
+    np.testing.assert_array_equal(net.backbone.conv1.weight.data().asnumpy(), imagenet.conv1.weight.data().asnumpy())
