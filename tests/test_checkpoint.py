@@ -108,7 +108,11 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, cras
 
 
 def test_sigkill_while_saving_never_leaves_a_corrupt_checkpoint(tmp_path):
-    """A real kill -9 at an arbitrary moment of a save loop: what is on disk always loads."""
+    """A real kill -9 at an arbitrary moment of a save loop: what is on disk always loads.
+
+    Two save loops run at once (one interpreter start-up for both), each in its own folder, killed at different
+    moments after their first save.
+    """
     script = textwrap.dedent(f'''
         import sys, mxnet as mx
         sys.path.insert(0, {ROOT!r})
@@ -121,22 +125,30 @@ def test_sigkill_while_saving_never_leaves_a_corrupt_checkpoint(tmp_path):
         while True:
             step += 1
             net.weight.set_data(mx.nd.full(net.weight.shape, step))
-            ckpt.save_checkpoint({str(tmp_path)!r}, net, trainer, ckpt.TrainState(global_step=step))
+            ckpt.save_checkpoint(sys.argv[1], net, trainer, ckpt.TrainState(global_step=step))
             print(step, flush=True)
     ''')
-    for delay in (1.5, 2.2):
-        proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
-        try:
+    runs = {0.4: tmp_path / 'early', 0.9: tmp_path / 'late'}
+    procs = {delay: subprocess.Popen([sys.executable, '-c', script, str(folder)], stdout=subprocess.PIPE, text=True)
+             for delay, folder in runs.items()}
+    try:
+        for proc in procs.values():
             assert proc.stdout.readline().strip() == '1'     # the first save finished; kill during later ones
-            time.sleep(delay)
-        finally:
+        start = time.monotonic()
+        for delay, proc in sorted(procs.items()):
+            time.sleep(max(0.0, start + delay - time.monotonic()))
             proc.send_signal(signal.SIGKILL)
+    finally:
+        for proc in procs.values():
+            proc.kill()
             proc.wait(10)
-        record = json.loads((tmp_path / 'checkpoint.json').read_text())
-        params = mx.nd.load(str(tmp_path / record['params']))
+    for folder in runs.values():
+        record = json.loads((folder / 'checkpoint.json').read_text())
+        assert record['global_step'] > 1                      # killed in the loop, not before it
+        params = mx.nd.load(str(folder / record['params']))
         assert float(params['weight'][0, 0].asscalar()) == record['global_step']
-        assert os.path.getsize(tmp_path / record['states']) > 0
-        public = mx.nd.load(str(tmp_path / 'checkpoint.params'))   # complete (this or the previous save)
+        assert os.path.getsize(folder / record['states']) > 0
+        public = mx.nd.load(str(folder / 'checkpoint.params'))   # complete (this or the previous save)
         assert float(public['weight'][0, 0].asscalar()) in (record['global_step'], record['global_step'] - 1)
 
 
