@@ -5,8 +5,9 @@ Both pipelines read the same files (by default the bundled ``segzoo/sample_data/
 
 * GluonCV: ``gluoncv.data.VOCSegmentation(transform=Compose([ToTensor(), Normalize(...)]))`` and
   ``mx.gluon.data.DataLoader(shuffle=True, num_workers=W)``;
-* segzoo: ``segzoo.data.get_segmentation_dataset('pascal_voc', transform=ImageNormalize())`` and
-  ``segzoo.data.loader.get_dataloader(shuffle=True, num_workers=W, seed=0)`` (worker threads, its default).
+* segzoo: ``segzoo.data.get_segmentation_dataset('pascal_voc', transforms='gluoncv')`` (the same augmentation,
+  normalised in numpy) and ``segzoo.data.loader.get_dataloader(shuffle=True, num_workers=W, seed=0)`` (worker
+  threads, its default).
 
 Columns: images/s and ms/batch are wall-clock rates; "CPU ms/image" is the CPU time (user + system) of the
 benchmark process, its threads and the pipeline's worker processes per image, which depends much less on what
@@ -67,13 +68,11 @@ def gluoncv_loader(args, thread_pool=False):
 
 
 def segzoo_loader(args, thread_pool=True):
-    """segzoo's dataset with numpy normalisation and its seeded loader."""
+    """segzoo's dataset with its GluonCV pipeline (numpy normalisation) and its seeded loader."""
     from segzoo.data import get_segmentation_dataset
     from segzoo.data.loader import get_dataloader
-    from segzoo.data.transforms import ImageNormalize
     dataset = get_segmentation_dataset('pascal_voc', split=args.split, mode='train', root=args.root,
-                                       transform=ImageNormalize(), base_size=args.base_size,
-                                       crop_size=args.crop_size)
+                                       transforms='gluoncv', base_size=args.base_size, crop_size=args.crop_size)
     return get_dataloader(dataset, args.batch_size, shuffle=True, last_batch='rollover',
                           num_workers=args.workers, seed=0, thread_pool=thread_pool)
 

@@ -6,8 +6,6 @@ generated in tmp_path. Train/val augmentation parity belongs to tests/test_trans
 import json
 import os
 import shutil
-import sys
-import types
 import warnings
 
 import mxnet as mx
@@ -166,10 +164,11 @@ def _assert_items_equal(ours, theirs):
 
 # --------------------------------------------------------------------------------------------- registry
 def test_registry_names_and_classes():
-    assert set(DATASETS) == {'pascal_voc', 'pascal_aug', 'coco', 'ade20k', 'citys'}
+    gluoncv_names = {'pascal_voc', 'pascal_aug', 'coco', 'ade20k', 'citys'}
+    assert set(DATASETS) - {'folder'} == gluoncv_names   # folder: your own data, classes from classes.txt
     assert NUM_CLASS == {'pascal_voc': 21, 'pascal_aug': 21, 'coco': 21, 'ade20k': 150, 'citys': 19}
-    for name, cls in DATASETS.items():
-        theirs = gdata.datasets[name]
+    for name in gluoncv_names:
+        cls, theirs = DATASETS[name], gdata.datasets[name]
         assert cls.NUM_CLASS == theirs.NUM_CLASS
         assert tuple(cls.CLASSES) == tuple(theirs.CLASSES)
         assert len(cls.CLASSES) == cls.NUM_CLASS
@@ -277,45 +276,63 @@ def test_gluon_transform_gets_ndarray_like_gluoncv(sample_data):
     np.testing.assert_array_equal(ours[0].asnumpy(), theirs[0].asnumpy())
 
 
-def test_numpy_transform_gets_numpy(sample_data):
+def test_transforms_pipeline_makes_the_item(sample_data):
     seen = []
 
-    def to_chw(image):
-        seen.append(type(image))
-        return image.transpose(2, 0, 1).astype(np.float32)
-    to_chw.numpy_input = True
+    def to_chw(image, label, rng):
+        seen.append((type(image), None if label is None else label.dtype, rng))
+        return np.asarray(image).transpose(2, 0, 1).astype(np.float32), label
     root = os.path.join(sample_data, 'voc_mini')
-    image, mask = get_segmentation_dataset('pascal_voc', split='val', mode='testval', root=root, transform=to_chw)[0]
-    assert seen == [np.ndarray]
+    ds = get_segmentation_dataset('pascal_voc', split='val', mode='testval', root=root, transforms=to_chw)
+    image, mask = ds.load(0, rng='the rng')
+    assert seen == [(Image.Image, np.int32, 'the rng')]
     assert isinstance(image, np.ndarray) and image.shape[0] == 3
     assert isinstance(mask, np.ndarray) and mask.dtype == np.int32 and mask.shape == image.shape[1:]
-    image, name = get_segmentation_dataset('pascal_voc', split='val', mode='test', root=root, transform=to_chw)[0]
-    assert isinstance(image, np.ndarray) and image.shape[0] == 3 and name.endswith('.jpg')
+    ds[0]
+    assert seen[-1][2] is None   # dataset[i]: Python's global random, as GluonCV
+    image, name = get_segmentation_dataset('pascal_voc', split='val', mode='test', root=root, transforms=to_chw)[0]
+    assert isinstance(image, np.ndarray) and image.shape[0] == 3 and name.endswith('.jpg') and seen[-1][1] is None
+
+
+@pytest.mark.parametrize('recipe', ['gluoncv', 'composer'])
+def test_recipe_names_give_numpy_items(sample_data, recipe):
+    root = os.path.join(sample_data, 'ade_mini')
+    for mode, crop in (('train', 48), ('val', 40)):
+        ds = get_segmentation_dataset('ade20k', split='val', mode=mode, root=root, transforms=recipe, base_size=64,
+                                      crop_size=crop)
+        image, mask = ds.load(1, np.random.default_rng(0))
+        assert isinstance(image, np.ndarray) and image.dtype == np.float32 and image.shape == (3, crop, crop)
+        assert isinstance(mask, np.ndarray) and mask.dtype == np.int32 and mask.shape == (crop, crop)
+    testval = get_segmentation_dataset('ade20k', split='val', mode='testval', root=root, transforms=recipe)
+    gluoncv_items = get_segmentation_dataset('ade20k', split='val', mode='testval', root=root)
+    np.testing.assert_array_equal(testval[0][1], gluoncv_items[0][1].asnumpy())
+
+
+def test_bad_transforms_arguments(sample_data):
+    root = os.path.join(sample_data, 'voc_mini')
+    with pytest.raises(ValueError, match='not both'):
+        get_segmentation_dataset('pascal_voc', split='val', root=root, transform=np.asarray, transforms='gluoncv')
+    with pytest.raises(ValueError, match="unknown augmentation 'mmseg'; valid: gluoncv, composer"):
+        get_segmentation_dataset('pascal_voc', split='val', root=root, transforms='mmseg')
+    with pytest.raises(ValueError, match='gluoncv_mask_pad applies to the built-in pipelines'):
+        get_segmentation_dataset('pascal_voc', split='val', root=root, gluoncv_mask_pad=True,
+                                 transforms=lambda image, label, rng: (image, label))
 
 
 # --------------------------------------------------------------------------------------------- mask padding switch
-def _fake_transforms(monkeypatch):
-    calls = []
-
-    def sync_transform(mode, image, mask, base_size, crop_size, mask_pad=-1, rng=None):
-        calls.append((mode, base_size, crop_size, mask_pad))
-        return np.asarray(image), mask
-    monkeypatch.setitem(sys.modules, 'segzoo.data.transforms', types.SimpleNamespace(sync_transform=sync_transform))
-    return calls
-
-
 @pytest.mark.parametrize('name, padded_background', [('pascal_voc', 0), ('ade20k', -1)])
-def test_mask_pad_switch_reaches_sync_transform(sample_data, monkeypatch, name, padded_background):
-    calls = _fake_transforms(monkeypatch)
+@pytest.mark.parametrize('recipe', [None, 'gluoncv', 'composer'])
+def test_mask_pad_switch_reaches_the_pipeline(sample_data, name, padded_background, recipe):
     root = os.path.join(sample_data, 'voc_mini' if name == 'pascal_voc' else 'ade_mini')
     for compat, expected in ((False, -1), (True, padded_background)):
         ds = get_segmentation_dataset(name, split='train', root=root, base_size=64, crop_size=48,
-                                      gluoncv_mask_pad=compat)
+                                      gluoncv_mask_pad=compat, transforms=recipe)
         assert ds.mask_pad == expected
-        ds[0]
-        assert calls[-1] == ('train', 64, 48, expected)
-    get_segmentation_dataset(name, split='val', root=root, crop_size=40)[0]
-    assert calls[-1] == ('val', 520, 40, -1)
+        pads = [getattr(t, 'mask_pad', getattr(t, 'label_fill', None)) for t in ds.transforms.transforms]
+        assert [p for p in pads if p is not None] == [expected]
+        assert ds[0][1].shape == (48, 48)
+    val = get_segmentation_dataset(name, split='val', root=root, crop_size=40, transforms=recipe)
+    assert val.mode == 'val' and val[0][1].shape == (40, 40)
 
 
 def test_datasets_pickle(tmp_path, sample_data):

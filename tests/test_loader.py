@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from segzoo.data import get_segmentation_dataset
-from segzoo.data.loader import SeededBatchSampler, get_dataloader
-from segzoo.data.transforms import ImageNormalize
+from segzoo.data.loader import SeededBatchSampler, get_dataloader, sample_rng
 
 BASE, CROP = 64, 48
 # (num_workers, thread_pool) combinations the loader supports
 MODES = [(0, True), (2, True), (2, False)]
 
 
-def _voc(root, mode='train', split='train'):
-    return get_segmentation_dataset('pascal_voc', split=split, mode=mode, root=root, transform=ImageNormalize(),
+def _voc(root, mode='train', split='train', recipe='gluoncv'):
+    return get_segmentation_dataset('pascal_voc', split=split, mode=mode, root=root, transforms=recipe,
                                     base_size=BASE, crop_size=CROP)
 
 
@@ -116,6 +115,27 @@ def test_seeded_runs_are_reproducible_across_worker_modes(voc_root):
     assert not np.array_equal(runs[0][0][0][0], runs[0][1][0][0])  # epochs differ
     other = _epochs(get_dataloader(dataset, 8, shuffle=True, num_workers=2, seed=12), 1)
     assert not np.array_equal(other[0][0][0], runs[0][0][0][0])  # seeds differ
+
+
+@pytest.mark.parametrize('recipe,num_workers,thread_pool', [('gluoncv', 0, True), ('gluoncv', 2, False),
+                                                            ('composer', 2, True)])
+def test_dataset_load_with_sample_rng_equals_the_loader(voc_root, recipe, num_workers, thread_pool):
+    dataset = _voc(voc_root, recipe=recipe)
+    loader = get_dataloader(dataset, 6, shuffle=True, last_batch='rollover', num_workers=num_workers,
+                            thread_pool=thread_pool, seed=21)
+    loader.set_epoch(1)  # epoch 1 starts with the 3 samples epoch 0 left over (45 = 7 * 6 + 3)
+    keys = SeededBatchSampler(len(dataset), 6, True, 'rollover', 21)
+    stream = keys.epoch_keys(0)[-3:] + keys.epoch_keys(1)
+    batches = list(loader)
+    for position in (0, 2, 3, 17, 41):
+        epoch, index = stream[position]
+        image, label = dataset.load(index, sample_rng(21, epoch, index))
+        batch = batches[position // 6]
+        np.testing.assert_array_equal(batch[0][position % 6].asnumpy(), image)
+        np.testing.assert_array_equal(batch[1][position % 6].asnumpy(), label)
+    assert stream[0][0] == 0 and stream[3][0] == 1
+    other = dataset.load(stream[3][1], sample_rng(22, 1, stream[3][1]))  # another seed, another draw
+    assert not np.array_equal(other[0], batches[0][0][3].asnumpy())
 
 
 def test_caller_random_state_is_untouched(voc_root):

@@ -65,7 +65,7 @@ class ADE20KSegmentation(SegmentationDataset):
         ``'test'`` (``release_test/testing``, 3,352 images without masks; mode ``'test'`` only). Every ``.jpg``
         must have its ``.png`` mask (GluonCV skips unpaired images with a print; segzoo raises). Files are sorted
         by name (GluonCV keeps the file system's order).
-    mode, transform, base_size, crop_size, gluoncv_mask_pad
+    mode, transform, base_size, crop_size, gluoncv_mask_pad, transforms
         See :class:`segzoo.data.base.SegmentationDataset`.
 
     Notes

@@ -1,17 +1,10 @@
-"""Base class of the segmentation datasets: file lists, decoding, label mapping, output types.
+"""Base class of the segmentation datasets: file lists, decoding, label mapping, the item pipeline.
 
-A dataset class only says where its files are and how raw mask values map to training ids. This module does
-everything that is common to all of them:
-
-* decode the image exactly as GluonCV does (``PIL.Image.open(path).convert('RGB')``), so ``testval`` items are
-  identical to GluonCV's;
-* read the mask as a 2-D integer array and map it to training ids with a 256-entry look-up table, which also
-  rejects values that are neither a class nor ignore (the error names the file and the values);
-* run the joint transform of the mode (``segzoo.data.transforms.sync_transform``) for ``train`` and ``val``;
-* return GluonCV's types, or numpy arrays for segzoo's own image transform (see :class:`SegmentationDataset`).
-
-Every failure raises an exception whose only argument is a message naming the file, so it also arrives intact
-from DataLoader worker processes.
+A dataset class only says where its files are and how raw mask values map to training ids. This module decodes
+images as GluonCV does (``PIL.Image.open(path).convert('RGB')``), maps masks through a 256-entry look-up table that
+also rejects unknown values, and hands ``(image, label, rng)`` to the dataset's ``transforms`` pipeline. Every
+failure raises an exception whose only argument is a message naming the file, so it pickles unchanged from
+DataLoader worker processes.
 """
 import os
 
@@ -19,10 +12,12 @@ import mxnet as mx
 import numpy as np
 from PIL import Image, ImageFile
 
-__all__ = ['IGNORE_LABEL', 'MODES', 'DatasetError', 'SegmentationDataset', 'default_root', 'make_label_lut',
-           'map_labels', 'read_id_list', 'read_image', 'read_label_image']
+from ..model_store import mxnet_home
+from .transforms import IGNORE_LABEL, ToNDArray, get_transforms
 
-IGNORE_LABEL = -1
+__all__ = ['BASE_SIZE', 'CROP_SIZE', 'IGNORE_LABEL', 'MODES', 'DatasetError', 'SegmentationDataset', 'default_root',
+           'make_label_lut', 'map_labels', 'read_id_list', 'read_image', 'read_label_image']
+
 # GluonCV's default sizes (its train.py/test.py): images rescaled around BASE_SIZE, CROP_SIZE crops.
 BASE_SIZE, CROP_SIZE = 520, 480
 MODES = ('train', 'val', 'testval', 'test')
@@ -52,8 +47,7 @@ def default_root(name):
     str
         ``$MXNET_HOME/datasets/<name>`` when ``MXNET_HOME`` is set, else ``~/.mxnet/datasets/<name>``.
     """
-    home = os.environ.get('MXNET_HOME') or os.path.join('~', '.mxnet')
-    return os.path.expanduser(os.path.join(home, 'datasets', name))
+    return os.path.join(mxnet_home(), 'datasets', name)
 
 
 def make_label_lut(mapping):
@@ -205,42 +199,39 @@ def _default_mode(split):
 class SegmentationDataset(mx.gluon.data.Dataset):
     """Base of the segmentation datasets (GluonCV's ``SegmentationDataset`` semantics).
 
-    Subclasses fill ``self.images`` (image paths) and ``self.masks`` (mask paths, empty in mode ``'test'``) and
-    implement :meth:`_read_mask`; class attributes ``NAME`` (registry name), ``SPLITS``, ``CLASSES``,
-    ``NUM_CLASS``, ``pred_offset``, ``LABEL_LUT`` (raw mask value -> training id), ``LAYOUT`` and ``PREPARE``
-    (shown when files are missing).
+    Subclasses fill ``self.images`` and ``self.masks`` (empty in mode ``'test'``), implement :meth:`_read_mask`
+    and set ``NAME``, ``SPLITS``, ``CLASSES``, ``NUM_CLASS``, ``pred_offset``, ``LABEL_LUT`` (raw mask value ->
+    training id), ``LAYOUT`` and ``PREPARE`` (shown when files are missing).
 
     Parameters
     ----------
     root : str
-        Dataset folder (meaning as in GluonCV; see the subclass).
+        Dataset folder (see the subclass).
     split : str
         Which file list (see the subclass).
     mode : str or None
-        ``'train'`` (random flip, long-side rescale in [0.5, 2] x base_size, pad, random crop, blur),
-        ``'val'`` (short side to crop_size, centre crop), ``'testval'`` (full image), ``'test'`` (full image and
-        its file name, no mask). ``None`` means ``split`` when that is a mode (GluonCV), else ``'train'`` for
-        ``train_aug``/``trainval`` and ``'val'`` for other splits.
+        ``'train'``, ``'val'``, ``'testval'`` (full image) or ``'test'`` (full image and file name, no mask).
+        None: ``split`` when that is a mode (GluonCV), else ``'train'`` for ``train*`` splits and ``'val'``.
     transform : callable or None
-        Image transform. ``None``: items are GluonCV's types, image ``mx.nd`` float32 (H, W, 3) holding the
-        0..255 pixel values (GluonCV converts with ``mx.nd.array``'s default dtype, float32, not uint8) and mask
-        ``mx.nd`` int32 (H, W) (GluonCV returns VOC masks as float32 with the same values; segzoo always uses
-        int32). A callable with attribute ``numpy_input = True`` (``segzoo.data.transforms.ImageNormalize``)
-        receives the numpy uint8 (H, W, 3) image and the mask stays a numpy int32 (H, W) array (the fast path
-        of train.py: no ``mx.nd`` arrays in DataLoader workers). Any other callable (e.g. a gluon
-        ``transforms.Compose([ToTensor(), Normalize(...)])``) receives the ``mx.nd`` float32 image, exactly as
-        in GluonCV.
+        GluonCV's image transform, used with ``transforms=None``: items are GluonCV's, image ``mx.nd`` float32
+        (H, W, 3) of 0..255 values passed through ``transform``, mask ``mx.nd`` int32 (H, W), after GluonCV's
+        augmentation for ``mode``.
     base_size, crop_size : int
-        Sizes of the train/val transforms.
+        Sizes of the built-in pipelines.
     gluoncv_mask_pad : bool
-        Train-mode padding of the mask. False (default): pad with ignore (-1). True: pad with what raw value 0
-        maps to, as GluonCV does (background 0 for VOC, SBD and COCO, which trains padding as background;
-        ignore for ADE20K and Cityscapes).
+        Built-in train pipelines pad the mask with what raw value 0 maps to, as GluonCV does (background for VOC,
+        SBD and COCO), instead of ignore (-1).
+    transforms : str, callable or None
+        The item pipeline ``f(image, label, rng) -> (image, label)`` (see ``segzoo.data.transforms``), or a
+        recipe name, ``'gluoncv'`` or ``'composer'``, for that recipe's pipeline of ``mode`` ending in
+        ``Normalize`` (numpy float32 (3, H, W) image, int32 (H, W) mask: the fast path of train.py).
 
     Attributes
     ----------
     mask_pad : int
-        The value train-mode padding writes into the mask.
+        The label value of the built-in train pipelines' padding.
+    transforms : callable
+        The pipeline in use; replace or edit it (``dataset.transforms.transforms`` is a list) to change items.
     """
 
     NAME = ''
@@ -253,7 +244,7 @@ class SegmentationDataset(mx.gluon.data.Dataset):
     PREPARE = ''
 
     def __init__(self, root, split, mode=None, transform=None, base_size=BASE_SIZE, crop_size=CROP_SIZE,
-                 gluoncv_mask_pad=False):
+                 gluoncv_mask_pad=False, transforms=None):
         super().__init__()
         self.root = os.path.expanduser(root)
         if split not in self.SPLITS:
@@ -266,8 +257,23 @@ class SegmentationDataset(mx.gluon.data.Dataset):
         self.base_size = base_size
         self.crop_size = crop_size
         self.mask_pad = int(self.LABEL_LUT[0]) if gluoncv_mask_pad else IGNORE_LABEL
+        self.transforms = self._pipeline(transforms, transform, gluoncv_mask_pad)
         self.images = []
         self.masks = []
+
+    def _pipeline(self, transforms, transform, gluoncv_mask_pad):
+        if transforms is None:
+            return get_transforms('gluoncv', self.mode, self.base_size, self.crop_size, self.mask_pad,
+                                  output=ToNDArray(transform))
+        if transform is not None:
+            raise ValueError(f'{type(self).__name__}: pass transform (an image transform, GluonCV items) or '
+                             'transforms (the whole pipeline), not both')
+        if isinstance(transforms, str):
+            return get_transforms(transforms, self.mode, self.base_size, self.crop_size, self.mask_pad)
+        if gluoncv_mask_pad:
+            raise ValueError(f'{type(self).__name__}: gluoncv_mask_pad applies to the built-in pipelines; a '
+                             'transforms pipeline sets its own padding (e.g. gluoncv_train_transforms(mask_pad=0))')
+        return transforms
 
     # ----------------------------------------------------------------- for subclasses
     def _missing(self, path, what):
@@ -306,37 +312,24 @@ class SegmentationDataset(mx.gluon.data.Dataset):
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, index):
+    def load(self, index, rng=None):
+        """Item ``index`` drawn with ``rng``: a numpy Generator, a ``random.Random`` or None (Python's ``random``).
+
+        ``segzoo.data.loader`` calls this with ``sample_rng(seed, epoch, index)``, so the same call here gives what
+        the loader yields for that sample.
+        """
         image_path = self.images[index]
         image = read_image(image_path)
         if self.mode == 'test':
-            return self._output_image(np.asarray(image)), os.path.basename(image_path)
+            return self.transforms(image, None, rng)[0], os.path.basename(image_path)
         mask = self._read_mask(index)
         if mask.shape != (image.height, image.width):
             raise DatasetError(f'image {image_path} is {image.width}x{image.height} (WxH) but its mask '
                                f'{self._mask_name(index)} is {mask.shape[1]}x{mask.shape[0]}')
-        if self.mode == 'testval':
-            image = np.asarray(image)
-        else:
-            from .transforms import sync_transform
-            image, mask = sync_transform(self.mode, image, mask, self.base_size, self.crop_size,
-                                         mask_pad=self.mask_pad)
-        return self._output_image(image), self._output_mask(mask)
+        return self.transforms(image, mask, rng)
 
-    def _numpy_path(self):
-        return self.transform is not None and getattr(self.transform, 'numpy_input', False)
-
-    def _output_image(self, image):
-        if self._numpy_path():
-            return self.transform(image)
-        # GluonCV builds its image with mx.nd.array's default dtype: float32 holding the 0..255 pixel values.
-        image = mx.nd.array(image, ctx=mx.cpu(0), dtype=np.float32)
-        return image if self.transform is None else self.transform(image)
-
-    def _output_mask(self, mask):
-        if self._numpy_path():
-            return np.asarray(mask, dtype=np.int32)
-        return mx.nd.array(mask, ctx=mx.cpu(0), dtype=np.int32)
+    def __getitem__(self, index):
+        return self.load(index)
 
     # ----------------------------------------------------------------- GluonCV attributes
     @property

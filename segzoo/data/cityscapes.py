@@ -35,7 +35,7 @@ class CitySegmentation(SegmentationDataset):
         official masks are empty, so use mode ``'test'``). Files are sorted by city and name (GluonCV keeps the
         file system's order). Every image must have its ``*_gtFine_labelIds.png`` (GluonCV skips unpaired images
         with a print; segzoo raises).
-    mode, transform, base_size, crop_size, gluoncv_mask_pad
+    mode, transform, base_size, crop_size, gluoncv_mask_pad, transforms
         See :class:`segzoo.data.base.SegmentationDataset`.
 
     Notes

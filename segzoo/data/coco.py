@@ -32,7 +32,7 @@ class COCOSegmentation(SegmentationDataset):
         default ``$MXNET_HOME/datasets/coco`` (``~/.mxnet/datasets/coco``).
     split : str
         ``'train'`` (train2017; 92,516 images kept on the full data) or ``'val'`` (val2017).
-    mode, transform, base_size, crop_size, gluoncv_mask_pad
+    mode, transform, base_size, crop_size, gluoncv_mask_pad, transforms
         See :class:`segzoo.data.base.SegmentationDataset`. Mode ``'test'`` returns ``(image, file name)``.
     include_crowd : bool
         True (default, as GluonCV): crowd annotations (``iscrowd=1``, RLE) are painted with their class like any

@@ -1,31 +1,23 @@
-"""DataLoader for the segmentation datasets: reproducible per-sample seeding, batching, worker errors.
+"""DataLoader for the segmentation datasets: per-sample seeding, batching, worker errors.
 
-:func:`get_dataloader` builds on ``mxnet.gluon.data.DataLoader`` (worker threads by default, or forked worker
-processes) and adds:
+:func:`get_dataloader` wraps ``mxnet.gluon.data.DataLoader`` (worker threads by default, or forked processes):
 
-* **Seeding.** Every sample gets its own seed, drawn in the main process from ``(seed, epoch, position in the
-  epoch)``. The sample is loaded with a ``random.Random`` seeded from it, which segzoo's transforms use through
-  :func:`segzoo.data.transforms.item_rng`; in worker processes Python's global ``random`` and numpy's global RNG
-  are seeded from it too. The items therefore depend neither on which worker loads a sample nor on the order in
-  which workers finish (seeding each worker once could not give that: the pool hands each batch to whichever
-  worker is free). GluonCV forks its workers with numpy's RNG unseeded, so all of them draw the same numpy
-  numbers; here numpy is seeded per sample in worker processes even when ``seed`` is None (then the base seed
-  comes from the OS and runs are not reproducible). The caller's own global RNGs are never touched by threads
-  or by ``num_workers=0``.
-* **Batching.** Fixed-size items are stacked: image float32 (B, 3, H, W), mask int32 (B, H, W), as ``mx.nd``
-  arrays (in shared CPU memory with worker processes). Variable-size items (modes ``testval``/``test``) are
-  returned as lists of per-item arrays (strings stay strings), like GluonCV's ``ms_batchify_fn``.
-* **Errors.** An exception raised while loading a sample reaches the caller with its type and message (the
-  datasets name the file), plus a note giving the item index; exceptions that could not travel between
-  processes are replaced by a ``RuntimeError`` carrying the same text.
+* **Seeding.** Sample ``index`` of epoch ``e`` is loaded with its own numpy Generator,
+  :func:`sample_rng` ``(seed, e, index)``, passed to the dataset's ``load(index, rng)`` (segzoo's datasets hand it to
+  their transforms). So the items depend neither on the worker that loads a sample nor on the order in which workers
+  finish, and ``dataset.load(i, sample_rng(seed, e, i))`` is what the loader yields for sample ``i``. In worker
+  processes, Python's ``random`` and numpy's global RNG are seeded from the same key too, for datasets that draw
+  from them (GluonCV leaves numpy unseeded in its workers, which then all draw the same numbers). The caller's
+  global RNGs are never touched by threads or by ``num_workers=0``.
+* **Batching.** Fixed-size items are stacked (image float32 (B, 3, H, W), mask int32 (B, H, W), ``mx.nd``);
+  variable-size items (modes ``testval``/``test``) come as lists, like GluonCV's ``ms_batchify_fn``.
+* **Errors.** A sample's exception reaches the caller with its type and message plus a note naming the item;
+  exceptions that cannot travel between processes become a ``RuntimeError`` with the same text.
 
-What is reproducible, exactly: for the same dataset, ``seed``, ``batch_size``, ``shuffle`` and ``last_batch``,
-epoch ``e`` (the ``e``-th iteration over the loader, or the one chosen with :meth:`SegDataLoader.set_epoch`, e.g.
-when resuming) yields the same batches, in order, whatever ``num_workers`` and ``thread_pool`` are, provided the
-dataset's randomness comes from segzoo's transforms (segzoo's datasets) or, with worker processes only, from
-Python's global ``random`` / numpy's global RNG. With ``last_batch='rollover'`` the samples carried into epoch
-``e`` are recomputed from the earlier epochs, so a resumed run matches an uninterrupted one there too;
-``set_epoch(e, skip_batches=k)`` resumes in the middle of an epoch.
+For the same dataset, ``seed``, ``batch_size``, ``shuffle`` and ``last_batch``, epoch ``e`` yields the same batches
+whatever ``num_workers`` and ``thread_pool`` are. ``last_batch='rollover'`` recomputes the samples carried into
+epoch ``e`` from the earlier epochs, and ``set_epoch(e, skip_batches=k)`` resumes in the middle of an epoch, so a
+resumed run matches an uninterrupted one.
 """
 import functools
 import pickle
@@ -35,10 +27,8 @@ import secrets
 import mxnet as mx
 import numpy as np
 
-from .transforms import item_rng
-
 __all__ = ['SegDataLoader', 'get_dataloader', 'stack_batchify', 'list_batchify', 'ms_batchify_fn',
-           'SeededBatchSampler', 'LAST_BATCH']
+           'SeededBatchSampler', 'LAST_BATCH', 'sample_rng']
 
 LAST_BATCH = ('keep', 'discard', 'rollover')
 
@@ -126,31 +116,23 @@ ms_batchify_fn = list_batchify
 
 
 # ---------------------------------------------------------------------------------------------- seeding
+def _sample_seed(seed, epoch, index):
+    return np.random.SeedSequence([seed, epoch, index])
+
+
+def sample_rng(seed, epoch, index):
+    """The numpy Generator with which a loader seeded with ``seed`` loads sample ``index`` in epoch ``epoch``."""
+    return np.random.default_rng(_sample_seed(seed, epoch, index))
+
+
 class SeededBatchSampler:
-    """Batches of ``(seed_words, index)`` keys, a pure function of ``(base_seed, epoch)``.
+    """Batches of ``(epoch, index)`` keys, a pure function of ``(base_seed, epoch)``.
 
-    Epoch ``e`` draws from ``numpy.random.default_rng([base_seed, e])`` the sample order (when shuffling) and two
-    32-bit seed words per position. Each iteration yields the batches of the current epoch and advances it by
-    one. With ``last_batch='rollover'`` the epoch starts with the samples the previous epochs left over (the last
-    ``(e * length) % batch_size`` keys of the stream so far), recomputed rather than remembered, so an epoch set
-    with :attr:`epoch` after a restart yields exactly what an uninterrupted run yields.
-
-    Parameters
-    ----------
-    length : int
-        Dataset size.
-    batch_size : int
-    shuffle : bool
-    last_batch : {'keep', 'discard', 'rollover'}
-    base_seed : int
-
-    Attributes
-    ----------
-    epoch : int
-        The epoch the next iteration yields.
-    skip : int
-        Batches of that epoch the next iteration leaves out at its start (to resume mid-epoch); reset to 0 by
-        the iteration.
+    Epoch ``e`` orders the samples by ``numpy.random.default_rng([base_seed, e]).permutation`` (when shuffling).
+    Each iteration yields the batches of :attr:`epoch` from batch :attr:`skip` on, then advances the epoch and
+    resets the skip. With ``last_batch='rollover'`` the epoch starts with the samples the previous epochs left over
+    (the last ``(e * length) % batch_size`` keys of the stream so far), recomputed rather than remembered, so an
+    epoch set after a restart yields what an uninterrupted run yields.
     """
 
     def __init__(self, length, batch_size, shuffle, last_batch, base_seed):
@@ -163,11 +145,12 @@ class SeededBatchSampler:
         self.skip = 0
 
     def epoch_keys(self, epoch):
-        """The ``(seed_words, index)`` keys of epoch ``epoch`` in order (no carried-over samples)."""
-        gen = np.random.default_rng([self._base_seed, epoch])
-        order = gen.permutation(self._length) if self._shuffle else np.arange(self._length)
-        words = gen.integers(0, 2 ** 32, size=(self._length, 2), dtype=np.uint64).tolist()
-        return [(tuple(w), i) for w, i in zip(words, order.tolist())]
+        """The ``(epoch, index)`` keys of epoch ``epoch`` in order (no carried-over samples)."""
+        if self._shuffle:
+            order = np.random.default_rng([self._base_seed, epoch]).permutation(self._length).tolist()
+        else:
+            order = range(self._length)
+        return [(epoch, i) for i in order]
 
     def _carried(self, epoch):
         """Keys that rollover carries into ``epoch``: the tail of the stream of the earlier epochs."""
@@ -196,12 +179,6 @@ class SeededBatchSampler:
         return max(0, total // self._batch_size - self.skip)
 
 
-def _seed_globals(words):
-    """Seed Python's ``random`` and numpy's global RNG from two 32-bit words."""
-    random.seed((words[0] << 32) | words[1])
-    np.random.seed(np.array(words, dtype=np.uint32))
-
-
 def _portable(err, index, dataset):
     """``err`` annotated with the item index, or a RuntimeError with its text if it cannot be pickled."""
     where = f'while loading item {index} of {type(dataset).__name__}'
@@ -215,35 +192,33 @@ def _portable(err, index, dataset):
 
 
 class _SeededDataset(mx.gluon.data.Dataset):
-    """Dataset view whose keys are ``(seed_words, index)``: loads the item with its own seeded RNG.
+    """Dataset view whose keys are ``(epoch, index)``: loads each item with :func:`sample_rng`.
 
-    The item's ``random.Random`` is handed to segzoo's transforms through
-    :func:`segzoo.data.transforms.item_rng` (per thread). In worker processes, which belong to the loader,
-    Python's global ``random`` and numpy's global RNG are seeded from the same words too, so datasets that draw
-    from them (GluonCV's, for instance) are reproducible as well.
-
-    Parameters
-    ----------
-    dataset : Dataset
-    seed_globals : bool
-        Also seed the process-wide RNGs (only in worker processes: the caller's and threads' RNGs are left alone).
+    Datasets with ``load(index, rng)`` (segzoo's) receive the Generator; others are indexed. With
+    ``seed_globals`` (worker processes only, which belong to the loader) Python's ``random`` and numpy's global
+    RNG are seeded from the same key first.
     """
 
-    def __init__(self, dataset, seed_globals):
+    def __init__(self, dataset, base_seed, seed_globals):
         super().__init__()
         self._dataset = dataset
+        self._base_seed = base_seed
         self._seed_globals = seed_globals
 
     def __len__(self):
         return len(self._dataset)
 
     def __getitem__(self, key):
-        words, index = key
+        epoch, index = key
+        seed = _sample_seed(self._base_seed, epoch, index)
         if self._seed_globals:
-            _seed_globals(words)
+            words = seed.generate_state(2)
+            random.seed((int(words[0]) << 32) | int(words[1]))
+            np.random.seed(words)
         try:
-            with item_rng(random.Random((words[0] << 32) | words[1])):
-                return self._dataset[index]
+            if hasattr(self._dataset, 'load'):
+                return self._dataset.load(index, np.random.default_rng(seed))
+            return self._dataset[index]
         except Exception as err:  # noqa: BLE001 -- re-raised with its index, in a form that pickles
             portable = _portable(err, index, self._dataset)
             if portable is err:
@@ -302,7 +277,7 @@ def get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_wo
     Parameters
     ----------
     dataset : Dataset
-        E.g. from ``segzoo.data.get_segmentation_dataset(..., transform=ImageNormalize())``.
+        E.g. ``segzoo.data.get_segmentation_dataset(..., transforms='gluoncv')``.
     batch_size : int
     shuffle : bool
         New random order every epoch (drawn from ``seed`` and the epoch).
@@ -310,9 +285,9 @@ def get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_wo
         Incomplete last batch: returned, dropped, or completed with the next epoch's first samples. Validation
         uses ``'keep'`` (the exact val set).
     num_workers : int
-        Worker processes; 0 loads in the calling process.
+        Workers (threads or processes, see ``thread_pool``); 0 loads in the calling thread.
     seed : int or None
-        Base seed of the sample order and per-sample seeds; None draws one from the OS.
+        Base seed of the sample order and of :func:`sample_rng`; None draws one from the OS.
     batchify : {'stack', 'list'} or callable or None
         ``'stack'`` (fixed-size items), ``'list'`` (variable-size items, GluonCV's ``ms_batchify_fn``), or
         ``f(items, ctx)``. None: ``'list'`` if ``dataset.mode`` is ``'testval'`` or ``'test'``, else ``'stack'``.
@@ -348,7 +323,7 @@ def get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_wo
     base_seed = secrets.randbits(63) if seed is None else seed
     batch_sampler = SeededBatchSampler(len(dataset), batch_size, shuffle, last_batch, base_seed)
     loader = mx.gluon.data.DataLoader(
-        _SeededDataset(dataset, seed_globals=processes), batch_sampler=batch_sampler,
+        _SeededDataset(dataset, base_seed, seed_globals=processes), batch_sampler=batch_sampler,
         batchify_fn=functools.partial(batchify, ctx=ctx), num_workers=num_workers, thread_pool=thread_pool,
         prefetch=prefetch, timeout=timeout)
     return SegDataLoader(dataset, batch_sampler, loader)

@@ -114,7 +114,7 @@ class VOCAugSegmentation(SegmentationDataset):
         * ``'trainval'``: the same list as ``'train'``, same warning.
         * ``'val'``: SBD val (``val.txt``, 2,857 images; this is SBD's val, not VOC2012 val: use
           ``pascal_voc`` ``'val'`` for that).
-    mode, transform, base_size, crop_size, gluoncv_mask_pad
+    mode, transform, base_size, crop_size, gluoncv_mask_pad, transforms
         See :class:`segzoo.data.base.SegmentationDataset`. Unlike GluonCV, modes ``'testval'`` and ``'test'``
         work too.
     """

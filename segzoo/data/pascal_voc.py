@@ -32,7 +32,7 @@ class VOCSegmentation(SegmentationDataset):
           get a held-out validation score on ``'val'``.
         * ``'val'``: ``val.txt`` (1,449 images).
         * ``'test'``: ``test.txt`` (1,456 images, no masks; use mode ``'test'``).
-    mode, transform, base_size, crop_size, gluoncv_mask_pad
+    mode, transform, base_size, crop_size, gluoncv_mask_pad, transforms
         See :class:`segzoo.data.base.SegmentationDataset`.
 
     Notes
