@@ -25,6 +25,7 @@ Evaluation paths:
 
 ``main(args)`` returns the metrics dict that it also writes to ``<out-dir>/metrics.json``.
 """
+import argparse
 import os
 import time
 
@@ -37,6 +38,7 @@ from segzoo.data import NUM_CLASS, get_segmentation_dataset
 from segzoo.data.base import BASE_SIZE, CROP_SIZE
 from segzoo.data.loader import get_dataloader
 from segzoo.data.transforms import ImageNormalize
+from segzoo.deploy import flags as deploy_flags
 from segzoo.inference import FUSIONS, parallel_predict, predict_whole
 from segzoo.utils.fileio import write_json
 from segzoo.utils.metrics import SegmentationMetric, class_iou_table
@@ -84,8 +86,10 @@ def parse_args(argv=None):
     bench.add_argument('--image-shape', type=int, default=480, help='benchmark input size (square)')
     bench.add_argument('--num-iterations', type=int, default=100, help='timed benchmark iterations')
     bench.add_argument('--warmup-iterations', type=int, default=5, help='untimed benchmark iterations first')
+    deploy_flags.add_precision_args(parser)
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    deploy_flags.check_precision_args(parser, args)
     return args
 
 
@@ -114,6 +118,40 @@ def get_test_set(args):
     if args.dataset_root:
         kwargs['root'] = args.dataset_root
     return get_segmentation_dataset(args.dataset, **kwargs)
+
+
+def load_network(args, ctx_list, num_classes=None, require_weights=True):
+    """The network to evaluate: a saved graph (``--quantized PREFIX``), or the model flags' network in
+    ``--precision`` (INT8 calibrated on ``--calib-split`` centre crops; random N(0, 1) crops with ``--benchmark``)."""
+    if args.saved_graph:
+        net = deploy_flags.load_saved_graph(args.saved_graph)
+        if num_classes is not None and getattr(net, 'num_classes', num_classes) != num_classes:
+            raise SystemExit(f'error: {args.saved_graph} predicts {net.num_classes} classes, --dataset {args.dataset} '
+                             f'has {num_classes}')
+        return net
+    net = cli.load_eval_model(args, ctx_list, num_classes, require_weights=require_weights)
+    return deploy_flags.prepare_network(net, args, lambda: calibration_batches(args, net))
+
+
+def calibration_batches(args, net):
+    """INT8 calibration data: ``--num-calib-batches`` batches of ``--batch-size`` (default 8) centre crops."""
+    batch_size = args.batch_size or deploy_flags.CALIB_BATCH_SIZE
+    crop = args.crop_size or getattr(net, 'crop_size', CROP_SIZE)
+    if args.benchmark:
+        shape = (batch_size, 3, args.image_shape, args.image_shape)
+        return [mx.nd.random.normal(shape=shape) for _ in range(args.num_calib_batches)]
+    calib_args = argparse.Namespace(**{**vars(args), 'split': args.calib_split, 'mode': 'val', 'crop_size': crop,
+                                       'base_size': args.base_size or getattr(net, 'base_size', BASE_SIZE)})
+    try:
+        dataset = get_test_set(calib_args)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f'error: --calib-split {args.calib_split}: no calibration images ({err})') from err
+    if len(dataset) < batch_size:
+        raise SystemExit(f'error: --calib-split {args.calib_split} has {len(dataset)} images, fewer than one '
+                         f'calibration batch ({batch_size}); lower --batch-size')
+    loader = get_dataloader(dataset, batch_size, shuffle=True, last_batch='discard', num_workers=args.workers,
+                            seed=0)
+    return (images for images, _ in loader)
 
 
 def multi_eval_settings(args):
@@ -218,13 +256,16 @@ def main(args):
     """Evaluate (or benchmark) as the flags say; returns the metrics dict written to ``<out-dir>/metrics.json``."""
     ctx_list = cli.get_contexts(args)
     if args.benchmark:
-        net = cli.load_eval_model(args, ctx_list[:1], require_weights=False)
+        net = load_network(args, ctx_list[:1], require_weights=False)
         net.hybridize(static_alloc=True, static_shape=True)
         record = run_benchmark(net, args, ctx_list[0])
+        record['precision'] = getattr(net, 'precision', 'fp32')
         write_json(os.path.join(args.out_dir, 'metrics.json'), record)
         return record
 
-    net = cli.load_eval_model(args, ctx_list, NUM_CLASS.get(args.dataset))
+    net = load_network(args, ctx_list, NUM_CLASS.get(args.dataset))
+    if args.export and not args.eval:
+        return {'export': args.export, 'precision': net.precision}
     args.base_size = args.base_size or getattr(net, 'base_size', BASE_SIZE)
     args.crop_size = args.crop_size or getattr(net, 'crop_size', CROP_SIZE)
     settings = multi_eval_settings(args)
@@ -237,7 +278,8 @@ def main(args):
              f'fusion {args.fusion}'))
     metric, count, seconds, saved = run_dataset(net, dataset, args, ctx_list)
     record = {'dataset': args.dataset, 'split': args.split, 'mode': args.mode, 'num_images': count,
-              'weights': args.resume or args.model_zoo, 'scales': list(args.scales), 'flip': args.flip,
+              'weights': args.saved_graph or args.resume or args.model_zoo,
+              'precision': getattr(net, 'precision', 'fp32'), 'scales': list(args.scales), 'flip': args.flip,
               'multi_scale': settings is not None, 'fusion': args.fusion if settings is not None else None,
               'base_size': args.base_size, 'crop_size': args.crop_size, 'seconds': seconds,
               'img_per_sec': count / seconds if seconds > 0 else None, 'saved_predictions': saved}

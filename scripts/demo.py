@@ -20,6 +20,7 @@ from PIL import Image
 from segzoo import cli
 from segzoo.data import DATASETS
 from segzoo.data.transforms import ImageNormalize
+from segzoo.deploy import flags as deploy_flags
 from segzoo.inference import predict
 from segzoo.model_zoo import model_dataset
 from segzoo.utils.viz import save_prediction
@@ -39,8 +40,10 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.add_data_args(parser, default_dataset='pascal_voc')
     cli.add_device_args(parser)
+    deploy_flags.add_precision_args(parser, calibration=False)   # int8: ranges calibrated on the image itself
     parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
     args = parser.parse_args(argv)
+    deploy_flags.check_precision_args(parser, args)
     if args.model_zoo:
         try:
             args.dataset = model_dataset(args.model_zoo)    # the classes the zoo model predicts
@@ -90,6 +93,7 @@ def main(args):
     rgb = read_image(args.image)
     classes = DATASETS[args.dataset].CLASSES
     net = cli.load_eval_model(args, ctx_list, len(classes))
+    net = deploy_flags.prepare_network(net, args, lambda: [mx.nd.array(ImageNormalize()(rgb)).expand_dims(0)])
     net.hybridize()
     pred = segment(net, rgb, ctx_list[0], args.scales, args.flip, args.base_size or net.base_size,
                    args.crop_size or net.crop_size)

@@ -1,12 +1,14 @@
 """segzoo.deploy: fused FP32, bf16 and INT8 graphs on a tiny random DeepLabV3, at several input sizes, saved and
 loaded back; MXNet's own ``quantize_net_v2`` on the full network is the INT8 oracle."""
 import json
+import os
 import warnings
 
 import mxnet as mx
 import numpy as np
 import pytest
 
+from helpers import load_script, make_voc_root
 from segzoo import deploy
 from segzoo.model_zoo import get_segmentation_model
 
@@ -176,3 +178,49 @@ def test_errors(net, monkeypatch, tmp_path):
     monkeypatch.setattr(mx.runtime, 'Features', NoOneDNN)
     with pytest.raises(RuntimeError, match='oneDNN'):
         deploy.fuse(net)
+
+
+@pytest.fixture(scope='module')
+def voc(sample_data, tmp_path_factory, net):
+    """Four real VOC photographs to calibrate on (train), two to evaluate (val), and the tiny net's weights."""
+    root = make_voc_root(sample_data, tmp_path_factory.mktemp('voc'), num_train=4, num_val=2)
+    weights = str(tmp_path_factory.mktemp('weights') / 'tiny.params')
+    net.save_parameters(weights)
+    return root, weights
+
+
+def test_test_script_int8_export_then_quantized(net, voc, tmp_path, capsys):
+    script = load_script('test.py')
+    root, weights = voc
+    data = ['--dataset', 'pascal_voc', '--dataset-root', root, '--no-cuda', '--workers', '0', '--eval']
+    model = ['--model', 'deeplab', '--backbone', 'resnet_tiny', '--aux', '--resume', weights]
+    prefix = str(tmp_path / 'tiny-int8')
+    calibrated = script.main(script.parse_args(
+        data + model + ['--precision', 'int8', '--calib-mode', 'naive', '--num-calib-batches', '2', '--batch-size',
+                        '2', '--crop-size', '48', '--export', prefix, '--out-dir', str(tmp_path / 'a')]))
+    assert 'int8 (naive calibration on 4 images [3, 48, 48])' in capsys.readouterr().out
+    reloaded = script.main(script.parse_args(data + ['--quantized', prefix, '--out-dir', str(tmp_path / 'b')]))
+    assert calibrated['precision'] == reloaded['precision'] == 'int8' and reloaded['weights'] == prefix
+    assert (calibrated['pixAcc'], calibrated['mIoU']) == (reloaded['pixAcc'], reloaded['mIoU'])
+    assert reloaded['crop_size'] == net.crop_size != 48   # the network's own sizes travel with the saved graph
+    with pytest.raises(SystemExit, match='--calib-split nosuch'):
+        script.main(script.parse_args(data + model + ['--precision', 'int8', '--calib-split', 'nosuch',
+                                                      '--out-dir', str(tmp_path / 'c')]))
+    for wrong, message in ((['--precision', 'fp16'], 'invalid choice'), (['--quantized'], 'needs a PREFIX'),
+                           (['--quantized', prefix, '--precision', 'int8'], 'keeps the precision')):
+        with pytest.raises(SystemExit):
+            script.parse_args(data + wrong)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args([a for a in data if a != '--no-cuda'] + ['--precision', 'bf16'])
+    assert 'add --no-cuda' in capsys.readouterr().err
+
+
+def test_demo_precision(voc, tmp_path, sample_data):
+    script = load_script(os.path.join('scripts', 'demo.py'))
+    root, weights = voc
+    image = os.path.join(sample_data, 'voc_mini', 'VOC2012', 'JPEGImages', '2007_000129.jpg')
+    argv = [image, '--model', 'deeplab', '--backbone', 'resnet_tiny', '--aux', '--resume', weights, '--no-cuda']
+    fp32 = script.main(script.parse_args(argv + ['--out', str(tmp_path / 'fp32')]))
+    fused = script.main(script.parse_args(argv + ['--out', str(tmp_path / 'fused'), '--precision', 'fused']))
+    assert fused['classes'] == pytest.approx(fp32['classes'], abs=1e-4)

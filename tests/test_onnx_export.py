@@ -1,17 +1,16 @@
 """ONNX export: one dynamic file per zoo family runs in onnxruntime at three input sizes with MXNet's outputs;
 the two segzoo converters (BilinearResize2D, AdaptiveAvgPooling2D) against MXNet on odd sizes."""
-import importlib.util
 import os
 
 import mxnet as mx
 import numpy as np
 import pytest
 
+from helpers import load_script
 from segzoo import deploy
 from segzoo.model_zoo import get_segmentation_model
 
 ort = pytest.importorskip('onnxruntime')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = ((1, 3, 64, 64), (2, 3, 50, 77), (1, 3, 96, 40))
 
 
@@ -95,16 +94,8 @@ def test_refusals(monkeypatch, tmp_path):
         check_onnx()
 
 
-def _export_script():
-    path = os.path.join(ROOT, 'scripts', 'export_onnx.py')
-    spec = importlib.util.spec_from_file_location('export_onnx_script', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_export_script_checks_the_file(tmp_path, capsys):
-    script = _export_script()
+    script = load_script(os.path.join('scripts', 'export_onnx.py'))
     net = get_segmentation_model('psp', backbone='resnet_tiny', pretrained_base=False)
     weights = str(tmp_path / 'psp.params')
     net.save_parameters(weights)

@@ -33,6 +33,7 @@ CALIB_MODES = ('naive', 'entropy')
 #: Spatial size of the zero input that traces a HybridBlock into a symbol (segzoo graphs hold no sizes).
 TRACE_SIZE = 64
 _META_SUFFIX = '-deploy.json'
+_SOURCE_ATTRS = ('base_size', 'crop_size', 'num_classes')
 # oneDNN kernels worth running per precision (any one of the CPU flags), from /proc/cpuinfo names
 _ISA = {'int8': ('avx512_vnni', 'avx_vnni', 'avx512bw', 'avx2'), 'bf16': ('avx512_bf16', 'amx_bf16')}
 
@@ -155,6 +156,12 @@ class DeployedNet(SymbolBlock):
     def hybridize(self, active=True, **kwargs):
         """No-op: every input shape already runs in its own static CachedOp."""
 
+    def __getattr__(self, name):
+        # base_size / crop_size / num_classes of the source network, as a Segmentor has them
+        if name in _SOURCE_ATTRS and name in self.__dict__.get('meta', {}):
+            return self.meta[name]
+        raise AttributeError(f"'DeployedNet' object has no attribute {name!r}")
+
     @property
     def num_shapes(self):
         """Number of input shapes with a ready CachedOp."""
@@ -169,15 +176,20 @@ def _load_values(block, arg_params, aux_params, ctx):
         param._load_init(value, ctx, cast_dtype=True, dtype_source='saved')
 
 
-def _deployed(sym, arg_params, aux_params, precision, ctx, **kwargs):
-    return DeployedNet(sym, arg_params, aux_params, precision=precision, ctx=ctx, **kwargs)
+def _deployed(source, sym, arg_params, aux_params, precision, ctx, meta=None, **kwargs):
+    """DeployedNet of a converted graph; keeps the source network's data sizes and class count in ``meta``."""
+    meta = dict(meta or {})
+    for name in _SOURCE_ATTRS:
+        if getattr(source, name, None) is not None:
+            meta[name] = getattr(source, name)
+    return DeployedNet(sym, arg_params, aux_params, precision=precision, ctx=ctx, meta=meta, **kwargs)
 
 
 def fuse(net, ctx=mx.cpu(), **kwargs):
     """oneDNN-fused FP32 graph (conv + BN + ReLU (+ add) into one ``_sg_mkldnn_conv``); same outputs as FP32."""
     check_backend('fused')
     sym, arg_params, aux_params = to_symbol(net)
-    return _deployed(sym.get_backend_symbol('MKLDNN'), arg_params, aux_params, 'fused', ctx, **kwargs)
+    return _deployed(net, sym.get_backend_symbol('MKLDNN'), arg_params, aux_params, 'fused', ctx, **kwargs)
 
 
 def to_bf16(net, ctx=mx.cpu(), **kwargs):
@@ -192,7 +204,7 @@ def to_bf16(net, ctx=mx.cpu(), **kwargs):
     sym, arg_params, aux_params = to_symbol(net)
     sym, arg_params, aux_params = amp.convert_model(sym, arg_params, aux_params, target_dtype='bfloat16',
                                                     fp32_ops=amp.list_fp32_ops(bfloat16) + ['Concat'])
-    return _deployed(sym, arg_params, aux_params, 'bf16', ctx, **kwargs)
+    return _deployed(net, sym, arg_params, aux_params, 'bf16', ctx, **kwargs)
 
 
 def calibration_batches(calib_data, num_calib_batches=None):
@@ -268,7 +280,7 @@ def quantize(net, calib_data, calib_mode='naive', num_calib_batches=None, exclud
     meta = dict(calib_mode=calib_mode, num_calib_examples=int(data.shape[0]),
                 calib_shape=list(batches[0].shape[1:]), quantized_dtype=quantized_dtype,
                 exclude=list(exclude or []), exclude_operators=list(exclude_operators or []))
-    return _deployed(qsym, qarg, qaux, 'int8', ctx, meta=meta, **kwargs)
+    return _deployed(net, qsym, qarg, qaux, 'int8', ctx, meta=meta, **kwargs)
 
 
 def convert(net, precision, calib_data=None, ctx=mx.cpu(), max_shapes=8, **quantize_options):
@@ -285,7 +297,7 @@ def convert(net, precision, calib_data=None, ctx=mx.cpu(), max_shapes=8, **quant
         return fuse(net, ctx=ctx, max_shapes=max_shapes)
     if precision == 'bf16':
         return to_bf16(net, ctx=ctx, max_shapes=max_shapes)
-    return _deployed(*to_symbol(net), 'fp32', ctx, max_shapes=max_shapes)
+    return _deployed(net, *to_symbol(net), 'fp32', ctx, max_shapes=max_shapes)
 
 
 # ------------------------------------------------------------------------------------------------ saved forms
