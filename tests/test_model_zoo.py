@@ -113,12 +113,18 @@ def test_pretrained_true_loads_the_store_file_without_imagenet_download(publishe
     assert len(no_aux(x)) == 1  # the file's auxlayer keys are ignored
 
 
-def test_pretrained_base_loads_gluoncv_imagenet_file(published_files):
-    root, publish = published_files
-    imagenet = get_backbone('resnet50')
+def _imagenet_classifier(backbone):
+    """A random `backbone` and the arrays of a GluonCV ImageNet file for it (backbone keys + its ``fc``)."""
+    imagenet = get_backbone(backbone)
     imagenet.initialize(mx.init.Xavier())
     arrays = {key: param.data() for key, param in imagenet._collect_params_with_prefix().items()}
     arrays.update({'fc.weight': mx.nd.zeros((1000, 2048)), 'fc.bias': mx.nd.zeros((1000,))})
+    return imagenet, arrays
+
+
+def test_pretrained_base_loads_gluoncv_imagenet_file(published_files):
+    root, publish = published_files
+    imagenet, arrays = _imagenet_classifier('resnet50')
     publish('resnet50_v1s', lambda path: mx.nd.save(path, arrays))
 
     net = get_segmentation_model('fcn', backbone='resnet50', pretrained_base=True, root=root)
@@ -134,10 +140,7 @@ def test_pretrained_base_loads_gluoncv_imagenet_file(published_files):
 def test_composer_names_start_from_gluoncv_v1b_imagenet_file(published_files):
     """Composer's zoo networks use torchvision's layout, whose GluonCV ImageNet file is resnet50_v1b."""
     root, publish = published_files
-    imagenet = get_backbone('resnet50_v1b')
-    imagenet.initialize(mx.init.Xavier())
-    arrays = {key: param.data() for key, param in imagenet._collect_params_with_prefix().items()}
-    arrays.update({'fc.weight': mx.nd.zeros((1000, 2048)), 'fc.bias': mx.nd.zeros((1000,))})
+    imagenet, arrays = _imagenet_classifier('resnet50_v1b')
     publish('resnet50_v1b', lambda path: mx.nd.save(path, arrays))
     net = get_model('deeplabplus_resnet50_ade', root=root)
     assert not net.aux and (net.base_size, net.crop_size) == (512, 512)
