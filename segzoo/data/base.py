@@ -27,42 +27,18 @@ _INVALID = np.iinfo(np.int32).min
 
 
 class DatasetError(ValueError):
-    """A dataset file cannot be decoded, has bad label values, or does not match its pair.
-
-    The exception carries a single string (the message names the file), so it pickles unchanged from
-    DataLoader worker processes.
-    """
+    """A dataset file cannot be decoded, has bad label values, or does not match its pair (one message string,
+    naming the file, so it pickles unchanged from worker processes)."""
 
 
 def default_root(name):
-    """Default dataset folder, GluonCV's convention: ``$MXNET_HOME/datasets/<name>``.
-
-    Parameters
-    ----------
-    name : str
-        Sub-folder: ``'voc'``, ``'coco'``, ``'ade'`` or ``'citys'``.
-
-    Returns
-    -------
-    str
-        ``$MXNET_HOME/datasets/<name>`` when ``MXNET_HOME`` is set, else ``~/.mxnet/datasets/<name>``.
-    """
+    """GluonCV's default dataset folder ``$MXNET_HOME/datasets/<name>`` (``~/.mxnet`` without ``MXNET_HOME``)."""
     return os.path.join(mxnet_home(), 'datasets', name)
 
 
 def make_label_lut(mapping):
-    """Build a raw-value -> training-id look-up table for 8-bit masks.
-
-    Parameters
-    ----------
-    mapping : dict
-        ``{raw value (0..255): training id}``; raw values not in the dict are invalid.
-
-    Returns
-    -------
-    numpy.ndarray
-        int32 array of shape (256,); invalid entries hold a sentinel that :func:`map_labels` reports.
-    """
+    """Read-only int32 (256,) table ``raw 8-bit value -> training id`` from ``{raw: id}``; other values are
+    invalid (:func:`map_labels` reports them)."""
     lut = np.full(256, _INVALID, dtype=np.int32)
     for raw, train_id in mapping.items():
         lut[raw] = train_id
@@ -83,27 +59,8 @@ def _describe_valid(lut):
 
 
 def map_labels(raw, lut, path):
-    """Map a raw mask to training ids, rejecting values the table does not know.
-
-    Parameters
-    ----------
-    raw : numpy.ndarray
-        Integer (or integral float) mask of shape (H, W).
-    lut : numpy.ndarray
-        Table from :func:`make_label_lut`.
-    path : str
-        The mask file, named in errors.
-
-    Returns
-    -------
-    numpy.ndarray
-        int32 mask of shape (H, W); ``-1`` is ignore.
-
-    Raises
-    ------
-    DatasetError
-        If the mask is not 2-D or holds values outside the table (the message lists them).
-    """
+    """int32 (H, W) training ids (-1 ignore) of the integral (H, W) mask ``raw`` through ``lut``; a
+    :class:`DatasetError` naming ``path`` lists the values the table does not know."""
     raw = np.asarray(raw)
     if raw.ndim != 2:
         raise DatasetError(f'mask {path} must be a single-channel (H, W) label image, got shape {raw.shape}')
@@ -159,32 +116,13 @@ def _decode(path, kind, convert):
 
 
 def read_image(path):
-    """Decode an image as GluonCV does: ``PIL.Image.open(path).convert('RGB')``.
-
-    Returns
-    -------
-    PIL.Image.Image
-        RGB image.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    DatasetError
-        If PIL cannot decode it or it is truncated (also when ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is on);
-        the message names the file.
-    """
+    """RGB PIL image decoded as GluonCV does (``Image.open(path).convert('RGB')``); a missing, undecodable or
+    truncated file raises an error naming it."""
     return _decode(path, 'image', lambda image: image.convert('RGB'))
 
 
 def read_label_image(path):
-    """Decode a label PNG (palette or grey) to its raw index array of shape (H, W).
-
-    Raises
-    ------
-    FileNotFoundError, DatasetError
-        As :func:`read_image`.
-    """
+    """Raw (H, W) index array of a label PNG (palette or grey); errors as :func:`read_image`."""
     return _decode(path, 'mask', np.array)
 
 

@@ -52,22 +52,8 @@ def _stack(arrays, dtype, ctx):
 
 
 def stack_batchify(items, ctx=None):
-    """Stack fixed-size ``(image, mask)`` items into a batch.
-
-    Parameters
-    ----------
-    items : list of tuple
-        ``(image, mask)`` per sample: image (3, H, W) (or (H, W, 3) uint8 when the dataset has no transform),
-        mask (H, W); numpy arrays or ``mx.nd`` arrays. Further fields are stacked as they are.
-    ctx : mx.Context or None
-        Where the batch lives; None = ``mx.cpu()``. Worker processes use ``mx.Context('cpu_shared', 0)``.
-
-    Returns
-    -------
-    list of mx.nd.NDArray
-        ``[image (B, 3, H, W), mask (B, H, W) int32, ...]``; the image keeps its dtype (float32 after
-        normalisation).
-    """
+    """``[image (B, ...), mask (B, H, W) int32, ...]`` ``mx.nd`` arrays on ``ctx`` (default cpu) stacked from
+    same-size ``(image, mask, ...)`` items (numpy or ``mx.nd``); the image keeps its dtype."""
     ctx = mx.cpu() if ctx is None else ctx
     batch = []
     for field, values in enumerate(zip(*items)):
@@ -82,20 +68,8 @@ def stack_batchify(items, ctx=None):
 
 
 def list_batchify(items, ctx=None):
-    """Batch variable-size items as lists (GluonCV's ``ms_batchify_fn`` semantics).
-
-    Parameters
-    ----------
-    items : list of tuple
-        ``(image, mask)`` or ``(image, file name)`` per sample.
-    ctx : mx.Context or None
-        Where the arrays live; None = ``mx.cpu()``.
-
-    Returns
-    -------
-    list of list
-        One list per field, one entry per sample: arrays become ``mx.nd`` arrays (masks int32), strings stay.
-    """
+    """One list per field of ``(image, mask or file name)`` items, arrays as ``mx.nd`` on ``ctx`` (masks int32),
+    strings as they are: GluonCV's ``ms_batchify_fn`` for variable-size items."""
     ctx = mx.cpu() if ctx is None else ctx
     batch = []
     for field, values in enumerate(zip(*items)):
