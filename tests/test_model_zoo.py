@@ -6,6 +6,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from segzoo import model_zoo
+from segzoo.data import NUM_CLASS
 from segzoo.model_zoo import get_model, get_segmentation_model, list_models
 from segzoo.models import get_backbone
 
@@ -31,8 +33,25 @@ def test_list_models_holds_exactly_the_names():
     assert list_models() == sorted(GLUONCV_NAMES + PLUS_NAMES)
 
 
-@pytest.mark.parametrize('name', sorted(GLUONCV_NAMES + PLUS_NAMES))
-def test_every_name_builds_and_runs(name):
+def _one_name_per_network():
+    """One zoo name per distinct (method, backbone): names that differ only in the dataset build the same network
+    but for the class count, which test_every_name_predicts_its_datasets_classes checks for all of them."""
+    chosen = {}
+    for name in sorted(GLUONCV_NAMES + PLUS_NAMES):
+        method, backbone, _ = model_zoo._zoo_entry(name)
+        chosen.setdefault((method, backbone), name)
+    return sorted(chosen.values())
+
+
+def test_every_name_predicts_its_datasets_classes():
+    for name in GLUONCV_NAMES + PLUS_NAMES:
+        method, backbone, dataset = model_zoo._zoo_entry(name)
+        assert name.startswith(f'{method}_{backbone.replace("_v1b", "")}_')
+        assert NUM_CLASS[dataset] == CLASSES[name.rsplit('_', 1)[1]]
+
+
+@pytest.mark.parametrize('name', _one_name_per_network())
+def test_every_network_builds_and_runs(name):
     net = get_model(name, pretrained_base=False)
     num_classes = CLASSES[name.rsplit('_', 1)[1]]
     # GluonCV's zoo networks carry the aux head; Composer's have none
