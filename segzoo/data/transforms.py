@@ -13,7 +13,11 @@ crop (PIL ``resize(box=...)``, whose box is single precision) and resizes masks 
 nearest sampling: masks equal GluonCV's, train images differ by at most 2 grey levels on about 1.3 % of the
 values (bundled VOC images; ``tests/test_transforms.py`` bounds it), val/testval images are identical.
 
-Composer's pipelines follow ``composer/datasets/ade20k.py`` v0.17.2 (``build_ade20k_transformations``).
+Composer's pipelines follow ``composer/datasets/ade20k.py`` v0.17.2 (``build_ade20k_transformations``, base and
+crop 512). Composer keeps ADE's raw labels through them (0 = other: padded with 0, left out of the class ratio) and
+subtracts 1 on the device (``NormalizationFn(ignore_background=True)``), so 0 becomes its ignore index -1; segzoo's
+labels are shifted when read, so here ignore is -1 throughout: the same targets. Same distributions as Composer,
+not its numbers (it draws from torch's and numpy's global RNGs).
 """
 import functools
 import random as _random
