@@ -12,7 +12,7 @@
 ``$MXNET_HOME/datasets`` replaces ``~/.mxnet/datasets`` when ``MXNET_HOME`` is set.
 """
 from .ade20k import ADE20KSegmentation
-from .base import IGNORE_LABEL, MODES, DatasetError, SegmentationDataset
+from .base import BASE_SIZE, CROP_SIZE, IGNORE_LABEL, MODES, DatasetError, SegmentationDataset
 from .cityscapes import CitySegmentation
 from .coco import COCOSegmentation
 from .folder import FolderSegmentation
@@ -37,8 +37,8 @@ DATASETS = {
 NUM_CLASS = {name: cls.NUM_CLASS for name, cls in DATASETS.items() if cls.NUM_CLASS}
 
 
-def get_segmentation_dataset(name, split='train', mode=None, root=None, transform=None, base_size=520,
-                             crop_size=480, **kwargs):
+def get_segmentation_dataset(name, split='train', mode=None, root=None, transform=None, base_size=BASE_SIZE,
+                             crop_size=CROP_SIZE, transforms=None, **kwargs):
     """Build a segmentation dataset by name (GluonCV's ``get_segmentation_dataset``).
 
     Parameters
@@ -55,9 +55,13 @@ def get_segmentation_dataset(name, split='train', mode=None, root=None, transfor
     root : str or None
         Dataset folder with GluonCV's meaning; ``None`` means ``$MXNET_HOME/datasets/<voc|coco|ade|citys>``.
     transform : callable or None
-        Image transform; see :class:`segzoo.data.base.SegmentationDataset` for the item types it implies.
+        GluonCV's image transform (items of GluonCV's types, ``mx.nd``); see
+        :class:`segzoo.data.base.SegmentationDataset`.
     base_size, crop_size : int
-        Sizes of the train/val joint transforms.
+        Sizes of the built-in train/val pipelines.
+    transforms : str, callable or None
+        The item pipeline instead: ``'gluoncv'`` or ``'composer'`` (that recipe's pipeline for ``mode``, numpy
+        items normalised for the network), or ``f(image, label, rng) -> item`` (``segzoo.data.transforms``).
     **kwargs
         Dataset options, e.g. ``gluoncv_mask_pad=True``, or ``include_crowd`` / ``min_pixels`` for coco.
 
@@ -76,4 +80,4 @@ def get_segmentation_dataset(name, split='train', mode=None, root=None, transfor
     if key not in DATASETS:
         raise ValueError(f'unknown dataset {name!r}; valid names: {", ".join(DATASETS)}')
     return DATASETS[key](root=root, split=split, mode=mode, transform=transform, base_size=base_size,
-                         crop_size=crop_size, **kwargs)
+                         crop_size=crop_size, transforms=transforms, **kwargs)
