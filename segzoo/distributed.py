@@ -70,14 +70,19 @@ def trainer_options(kvstore):
 
 
 def init_trainer(trainer):
-    """Create the trainer's kvstore and broadcast rank 0's weights now, then wait for every worker.
+    """Create the trainer's kvstore and broadcast (rank 0's / device 0's) weights now, then wait for every worker.
 
-    Call it after loading any state and before the first ``step``. Gluon would do this lazily inside the first
-    step, where the weight pull may be served after the first gradient sum (measured: 4 runs in 10 went wrong).
-    Uses the Trainer's private ``_init_kvstore``/``_init_params``; MXNet 1.9 has no public equivalent.
+    Call it after loading any state and before the first forward. Gluon does this lazily inside the first step:
+    there, with a dist kvstore, the weight pull may be served after the first gradient sum (measured: 4 runs in 10
+    went wrong), and with several devices the broadcast also copies device 0's BatchNorm running statistics,
+    already updated by the first forward, over the other devices'. Uses the Trainer's private
+    ``_init_kvstore``/``_init_params``; MXNet 1.9 has no public equivalent. Parameters with deferred shapes are
+    left to Gluon in a single process and refused with a dist kvstore.
     """
     deferred = [p.name for p in trainer._params if p._deferred_init]
     if deferred:
+        if not is_distributed(trainer._kvstore_params.get('kvstore')):
+            return
         raise ValueError(f'parameters {deferred[:3]} are not initialised yet (deferred shapes); run one forward '
                          'pass before init_trainer')
     if not trainer._kv_initialized:
@@ -204,6 +209,12 @@ class DatasetShard(mx.gluon.data.Dataset):
     def __getitem__(self, i):
         return self.dataset[self.indices[i]]
 
+    def load(self, i, rng):
+        """Sample ``i`` loaded with the generator ``rng`` (segzoo's loader protocol), or indexed."""
+        if hasattr(self.dataset, 'load'):
+            return self.dataset.load(self.indices[i], rng)
+        return self.dataset[self.indices[i]]
+
     def __getattr__(self, name):
         if name in ('dataset', 'indices'):          # not set yet (unpickling): no recursion
             raise AttributeError(name)
@@ -253,6 +264,12 @@ class Workers:
         if not self.distributed:
             return dataset
         return DatasetShard(dataset, shard_indices(len(dataset), self.rank, self.num_workers))
+
+    def mean(self, value):
+        """Mean of the number ``value`` over the workers (the logged loss)."""
+        if not self.distributed:
+            return value
+        return float(self.reducer.sum('mean', [value])[0]) / self.num_workers
 
     def sum_metric(self, metric):
         """Make ``metric`` (a SegmentationMetric) hold the confusion matrix of every worker's images."""

@@ -72,8 +72,30 @@ def test_init_trainer_broadcasts_before_the_first_step_and_refuses_deferred_shap
     assert trainer._kv_initialized and not trainer._params_to_init
     lazy = gluon.nn.Dense(2)
     lazy.initialize()
-    with pytest.raises(ValueError, match='not initialised yet'):
-        dist.init_trainer(gluon.Trainer(lazy.collect_params(), 'sgd', {'learning_rate': 0.1}))
+    lazy_trainer = gluon.Trainer(lazy.collect_params(), 'sgd', {'learning_rate': 0.1})
+    dist.init_trainer(lazy_trainer)                    # one process: left to Gluon's first step
+    assert not lazy_trainer._kv_initialized
+
+
+def test_init_trainer_keeps_each_devices_first_bn_update():
+    """Gluon's lazy init in the first step copies device 0's running statistics over device 1's."""
+    stats = []
+    for early in (False, True):
+        net = gluon.nn.BatchNorm(in_channels=2)
+        net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+        trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+        if early:
+            dist.init_trainer(trainer)
+        for i, ctx in enumerate((mx.cpu(0), mx.cpu(1))):
+            x = mx.nd.arange(8, ctx=ctx).reshape(4, 2) * (i + 1)
+            with mx.autograd.record():
+                y = net(x)
+            y.backward()
+        trainer.step(8)
+        stats.append([d.asnumpy() for d in net.running_var.list_data()])
+    assert np.array_equal(stats[0][0], stats[0][1])            # lazy: device 1's update lost
+    assert not np.array_equal(stats[1][0], stats[1][1])        # early: each device keeps its own
+    assert np.array_equal(stats[1][0], stats[0][0])
 
 
 def test_check_same_sees_a_disagreeing_worker():
@@ -99,12 +121,35 @@ def test_workers_of_a_single_process_run_change_nothing():
     assert (workers.rank, workers.num_workers, workers.distributed, workers.is_writer) == (0, 1, False, True)
     assert workers.kvstore == 'local' and workers.batch_share(5, 2) == (0, 5) and workers.first_device(2) == 0
     data = gluon.data.SimpleDataset(list(range(5)))
-    assert workers.val_shard(data) is data
+    assert workers.val_shard(data) is data and workers.mean(2.5) == 2.5
 
 
 def test_dataset_shard_passes_attributes_through():
     class Named(gluon.data.SimpleDataset):
         CLASSES = ('background', 'cat')
 
+    class Loadable(Named):
+        def load(self, index, rng):
+            return self[index] + str(rng)
+
     shard = dist.DatasetShard(Named(list('abcdef')), dist.shard_indices(6, 1, 2))
     assert [shard[i] for i in range(len(shard))] == ['d', 'e', 'f'] and shard.CLASSES == ('background', 'cat')
+    assert shard.load(0, None) == 'd'
+    assert dist.DatasetShard(Loadable(list('abcdef')), [4, 5]).load(1, 7) == 'f7'
+
+
+def test_loader_shards_are_the_workers_parts_of_every_global_batch():
+    from segzoo.data.loader import get_dataloader
+
+    data = gluon.data.SimpleDataset([(np.full((1, 2, 2), i, dtype=np.float32), np.zeros((2, 2), dtype=np.int32))
+                                     for i in range(10)])
+    kwargs = dict(batch_size=4, shuffle=True, last_batch='rollover', seed=5)
+    whole, parts = get_dataloader(data, **kwargs), [get_dataloader(data, shard=dist.worker_share(4, 1, r, 2),
+                                                                   **kwargs) for r in range(2)]
+    for epoch, skip in ((0, 0), (1, 0), (2, 1)):
+        for loader in [whole] + parts:
+            loader.set_epoch(epoch, skip_batches=skip)
+        expected_count = len(whole)
+        batches = [[b[0][:, 0, 0, 0].asnumpy().tolist() for b in loader] for loader in [whole] + parts]
+        assert len(batches[0]) == len(batches[1]) == len(batches[2]) == expected_count > 0
+        assert [a + b for a, b in zip(batches[1], batches[2])] == batches[0]

@@ -3,6 +3,7 @@
 Every launch runs with a unique marker variable; afterwards no process carrying it may be left, and any that is
 found is killed by its own pid before the test fails.
 """
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import textwrap
 import time
 import uuid
 
+import mxnet as mx
 import pytest
 
 from segzoo import launch
@@ -73,7 +75,9 @@ DIST_WORKER = textwrap.dedent('''
     bn_ok = averaged == [mean, 10 * mean] and bn.running_mean.data().asnumpy().tolist() == [rank, 10.0 * rank]
     metric = SegmentationMetric(3)
     metric.update(np.array([[rank, 2]]), np.array([[rank, 1]]))     # pixels (rank -> rank), (2 -> 1)
-    dist.Workers(kv).sum_metric(metric)
+    workers = dist.Workers(kv)
+    workers.sum_metric(metric)
+    bn_ok = bn_ok and workers.mean(float(rank)) == mean
     expected_matrix = np.zeros((3, 3))
     expected_matrix[2, 1] = num_workers
     for r in range(num_workers):
@@ -221,3 +225,43 @@ def test_hosts_file_and_plan(tmp_path):
         launch.parse_args(['-n', '2'])                   # no command
     with pytest.raises(SystemExit):
         launch.parse_args(['-n', '2', '--launcher', 'ssh', '--', 'python', 'x.py'])   # no --hosts
+
+
+def _train_argv(save_dir, *extra):
+    return [os.path.join(ROOT, 'train.py'), '--dataset', 'pascal_voc', '--dataset-root', SAMPLE_VOC,
+            '--train-split', 'train_official', '--model', 'deeplab', '--backbone', 'resnet_tiny', '--aux',
+            '--no-cuda', '--batch-size', '4', '--test-batch-size', '16', '--base-size', '40', '--crop-size', '32',
+            '--workers', '0', '--lr', '0.01', '--epochs', '1', '--log-interval', '2', '--seed', '3',
+            '--save-dir', str(save_dir), *extra]
+
+
+SAMPLE_VOC = os.path.join(ROOT, 'segzoo', 'sample_data', 'voc_mini')
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_dist_sync_workers_equal_one_process_with_two_devices(tmp_path):
+    """Scheduler + 1 server + 2 workers, 1 CPU device each, one epoch (7 steps, dropout on, validation on the 15
+    val images), against train.py on 2 CPU devices: same weights and BN statistics (float32 sums in another order:
+    atol 2e-5), same validation metrics, and only rank 0 wrote the run directory."""
+    code, out, _ = _run(['-n', '2', '-s', '1', '--timeout', '30', '--max-time', '240', '--', sys.executable,
+                         *_train_argv(tmp_path / 'dist', '--kvstore', 'dist_sync')], timeout=300)
+    assert code == 0, out
+    single = subprocess.run([sys.executable, *_train_argv(tmp_path / 'single', '--ngpus', '2')], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert single.returncode == 0, single.stdout
+    a = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'single' / 'checkpoint.params')).items()}
+    b = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'dist' / 'checkpoint.params')).items()}
+    assert sorted(a) == sorted(b)
+    assert any('running_mean' in k for k in a)
+    for key in a:
+        assert abs(a[key] - b[key]).max() <= 2e-5, key
+    with open(tmp_path / 'single' / 'metrics.jsonl') as f:
+        single_record = [json.loads(line) for line in f][-1]
+    with open(tmp_path / 'dist' / 'metrics.jsonl') as f:
+        dist_record = [json.loads(line) for line in f][-1]
+    assert dist_record['pixAcc'] == pytest.approx(single_record['pixAcc'], abs=1e-6)
+    assert dist_record['mIoU'] == pytest.approx(single_record['mIoU'], abs=1e-6)
+    worker1 = [line for line in out.splitlines() if line.startswith('[worker 1]')]
+    assert any('[worker 0]' in line and 'run directory' in line for line in out.splitlines())
+    assert not any('run directory' in line for line in worker1)

@@ -109,7 +109,8 @@ class SeededBatchSampler:
     epoch set after a restart yields what an uninterrupted run yields.
     """
 
-    def __init__(self, length, batch_size, shuffle, last_batch, base_seed):
+    def __init__(self, length, batch_size, shuffle, last_batch, base_seed, shard=None):
+        self._shard = slice(*shard) if shard else slice(None)    # this worker's part of every batch
         self._length = length
         self._batch_size = batch_size
         self._shuffle = shuffle
@@ -144,7 +145,7 @@ class SeededBatchSampler:
         for start in range(skip * self._batch_size, len(keys), self._batch_size):
             batch = keys[start:start + self._batch_size]
             if len(batch) == self._batch_size or self._last_batch == 'keep':
-                yield batch
+                yield batch[self._shard]
 
     def __len__(self):
         total = len(self._carried(self.epoch)) + self._length
@@ -245,7 +246,7 @@ def _default_batchify(dataset):
 
 
 def get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_workers=0, seed=None,
-                   batchify=None, thread_pool=True, prefetch=None, timeout=120):
+                   batchify=None, thread_pool=True, prefetch=None, timeout=120, shard=None):
     """Build a DataLoader over a segmentation dataset.
 
     Parameters
@@ -273,6 +274,9 @@ def get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_wo
         Batches in flight; None = ``2 * num_workers`` (MXNet's default).
     timeout : float
         Seconds to wait for a worker's batch.
+    shard : (int, int) or None
+        Yield only samples ``start:stop`` of every batch (a distributed worker's share of the global batch, see
+        ``segzoo.distributed.worker_share``); batch counts and seeds stay those of the whole batch.
 
     Returns
     -------
@@ -295,7 +299,7 @@ def get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_wo
     processes = num_workers > 0 and not thread_pool
     ctx = mx.Context('cpu_shared', 0) if processes else mx.cpu()
     base_seed = secrets.randbits(63) if seed is None else seed
-    batch_sampler = SeededBatchSampler(len(dataset), batch_size, shuffle, last_batch, base_seed)
+    batch_sampler = SeededBatchSampler(len(dataset), batch_size, shuffle, last_batch, base_seed, shard)
     loader = mx.gluon.data.DataLoader(
         _SeededDataset(dataset, base_seed, seed_globals=processes), batch_sampler=batch_sampler,
         batchify_fn=functools.partial(batchify, ctx=ctx), num_workers=num_workers, thread_pool=thread_pool,
