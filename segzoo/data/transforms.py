@@ -125,6 +125,8 @@ class Compose:
 
 
 class _Transform:
+    """Base of the transforms: a repr that shows the constructor's arguments (pipelines print readably)."""
+
     def __repr__(self):
         args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items())
         return f'{type(self).__name__}({args})'
