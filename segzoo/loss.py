@@ -11,7 +11,8 @@ whose sum is that chunk's loss. ``train.py`` calls ``backward`` per device and
 """
 from mxnet import gluon
 
-IGNORE_LABEL = -1
+from .data import IGNORE_LABEL
+
 DICE_EPS = 1e-5  # Composer's smoothing term, added to numerator and denominator
 
 

@@ -7,7 +7,8 @@ labelled pixels = total, intersection = diagonal, union = row sum + column sum -
 import numpy as np
 import mxnet as mx
 
-IGNORE_LABEL = -1
+from ..data import IGNORE_LABEL
+
 EPS = np.spacing(1)  # GluonCV's guard against 0 / 0
 
 

@@ -10,9 +10,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from ..data import IGNORE_LABEL
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-IGNORE_LABEL = -1
 
 
 def voc_palette(num_colors=256):
