@@ -37,12 +37,13 @@ When ``crop_size`` is ``None`` no padding or sliding window is used: each scale 
 resized image (segzoo networks accept any input size; GluonCV networks only accept their crop size).
 """
 import math
-import threading
 
 import mxnet as mx
 import numpy as np
 
+from .data.base import BASE_SIZE, CROP_SIZE
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .utils.parallel import parallel_apply
 
 __all__ = ['predict', 'predict_whole', 'parallel_predict', 'scaled_size', 'window_starts',
            'MultiEvalModel', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FUSIONS', 'GLUONCV_SCALES']
@@ -278,37 +279,18 @@ def parallel_predict(net, images, ctx_list, **kwargs):
     ctx_list = list(ctx_list)
     if not ctx_list:
         raise ValueError('parallel_predict: ctx_list is empty')
-    results = [None] * len(images)
+
+    def run(image):
+        out = predict(net, image, **kwargs)
+        out.wait_to_read()          # inside the thread: each device's work finishes in its own thread
+        return out
+
+    results = []
     for first in range(0, len(images), len(ctx_list)):
-        group = list(range(first, min(first + len(ctx_list), len(images))))
-        jobs = [(i, images[i].as_in_context(ctx_list[k])) for k, i in enumerate(group)]
-        if len(jobs) == 1:
-            i, img = jobs[0]
-            results[i] = predict(net, img, **kwargs)
-            continue
-        _run_threads(lambda img: predict(net, img, **kwargs), jobs, results)
+        group = images[first:first + len(ctx_list)]
+        results += parallel_apply(run, [(image.as_in_context(ctx),) for image, ctx in zip(group, ctx_list)],
+                                  threaded=len(group) > 1)
     return results
-
-
-def _run_threads(fn, jobs, results):
-    """Run ``fn(arg)`` for every ``(index, arg)`` in ``jobs`` in its own thread; store into ``results``."""
-    errors = {}
-
-    def work(i, arg):
-        try:
-            out = fn(arg)
-            out.wait_to_read()
-            results[i] = out
-        except Exception as exc:  # re-raised in the calling thread below
-            errors[i] = exc
-
-    threads = [threading.Thread(target=work, args=job) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[min(errors)]
 
 
 class MultiEvalModel:
@@ -339,8 +321,8 @@ class MultiEvalModel:
         self.ctx_list = list(ctx_list)
         self.flip = flip
         self.scales = tuple(scales)
-        self.base_size = base_size or getattr(module, 'base_size', 520)
-        self.crop_size = crop_size or getattr(module, 'crop_size', 480)
+        self.base_size = base_size or getattr(module, 'base_size', BASE_SIZE)
+        self.crop_size = crop_size or getattr(module, 'crop_size', CROP_SIZE)
         self.fusion = fusion
         module.collect_params().reset_ctx(ctx=self.ctx_list)
 

@@ -12,7 +12,8 @@ from .utils.download import DownloadError, FileLock, check_sha1, download, sha1s
 from .utils.fileio import fsync_replace
 
 __all__ = ['MODEL_SHA1', 'UNPUBLISHED', 'DEFAULT_REPO', 'PretrainedUnavailableError', 'ModelFileError',
-           'has_pretrained', 'short_hash', 'mxnet_home', 'default_root', 'model_url', 'model_file_path', 'get_model_file']
+           'has_pretrained', 'short_hash', 'mxnet_home', 'default_root', 'model_url', 'model_file_path',
+           'get_model_file']
 
 _LOG = logging.getLogger(__name__)
 

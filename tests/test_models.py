@@ -1,5 +1,4 @@
 """Backbone, heads and Segmentor on the tiny backbone: shapes, any input size, save/load, SyncBN."""
-import threading
 
 import mxnet as mx
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 from mxnet.gluon.contrib.nn import SyncBatchNorm
 
 from segzoo.models import METHODS, get_backbone, get_segmentor, gluoncv_key
+from segzoo.utils.parallel import parallel_apply
 
 SIZES = [(33, 33), (40, 52)]
 
@@ -166,18 +166,9 @@ def test_mismatched_files_name_keys_and_shapes(tmp_path):
 
 def _threaded_forward(forward, shards):
     """SyncBN blocks until every device has run its forward, so each forward runs in its own thread."""
-    outputs = [None] * len(shards)
-
-    def run(index):
-        with mx.autograd.train_mode():
-            outputs[index] = [out.asnumpy() for out in forward(shards[index])]
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(shards))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert all(out is not None for out in outputs), 'a SyncBN forward did not finish'
+    with mx.autograd.train_mode():
+        outputs = parallel_apply(lambda x: [out.asnumpy() for out in forward(x)], [(x,) for x in shards],
+                                 threaded=True)
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 

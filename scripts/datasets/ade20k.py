@@ -12,7 +12,8 @@ Examples::
 """
 import os
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+from segzoo.cli import base_parser
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish,
                                   require_dirs, resolve_dirs, run)
 
 _BASE = 'http://data.csail.mit.edu/places/ADEchallenge/'
@@ -26,7 +27,7 @@ ARCHIVES = {
 
 
 def parse_args(argv=None):
-    parser = new_parser(__doc__.split('\n')[0])
+    parser = base_parser(__doc__.split('\n')[0])
     add_common_args(parser, 'ade')
     parser.add_argument('--test', action='store_true', help='also prepare the test images (release_test.zip)')
     return parser.parse_args(argv)

@@ -12,7 +12,8 @@ Result under ``--root`` (default ``~/.mxnet/datasets/citys``)::
 """
 import os
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+from segzoo.cli import base_parser
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish,
                                   obtain_archive, require_dirs, resolve_dirs, run)
 
 _LOGIN_URL = 'https://www.cityscapes-dataset.com/downloads/'
@@ -31,7 +32,7 @@ _MASK_SUFFIX = '_gtFine_labelIds.png'
 
 
 def parse_args(argv=None):
-    parser = new_parser(__doc__.split('\n')[0])
+    parser = base_parser(__doc__.split('\n')[0])
     add_common_args(parser, 'citys', download_help='folder holding gtFine_trainvaltest.zip and '
                                                    'leftImg8bit_trainvaltest.zip (default: the current folder)')
     args = parser.parse_args(argv)

@@ -15,7 +15,8 @@ Examples::
 """
 import os
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
+from segzoo.cli import base_parser
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish,
                                   require_dirs, resolve_dirs, run)
 
 _BASE = 'http://images.cocodataset.org/'
@@ -32,7 +33,7 @@ _ANNOTATIONS = {'train': 'annotations/instances_train2017.json', 'val': 'annotat
 
 
 def parse_args(argv=None):
-    parser = new_parser(__doc__.split('\n')[0])
+    parser = base_parser(__doc__.split('\n')[0])
     add_common_args(parser, 'coco')
     parser.add_argument('--no-cache', action='store_true',
                         help='do not build the id cache (segzoo.data.coco.COCOSegmentation) after extraction')

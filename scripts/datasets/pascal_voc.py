@@ -17,8 +17,10 @@ Examples::
 """
 import os
 
-from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish, new_parser,
-                                  read_ids, resolve_dirs, run, write_lines)
+from segzoo.cli import base_parser
+from segzoo.data.base import read_id_list
+from segzoo.utils.prepare import (Archive, PrepareError, add_common_args, fetch_archives, finish,
+                                  resolve_dirs, run, write_lines)
 
 _VOC_URL = 'http://host.robots.ox.ac.uk/pascal/VOC/'
 _SBD_URL = 'http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/'
@@ -44,7 +46,7 @@ _REMAP = {
 
 
 def parse_args(argv=None):
-    parser = new_parser(__doc__.split('\n')[0])
+    parser = base_parser(__doc__.split('\n')[0])
     add_common_args(parser, 'voc')
     parser.add_argument('--voc2007', action='store_true', help='also prepare VOC2007 trainval and test')
     return parser.parse_args(argv)
@@ -73,7 +75,7 @@ def verify_voc(root, year='2012'):
             if split in ('train', 'val'):
                 raise PrepareError(f'{path} is missing: VOC{year} was not extracted correctly.')
             continue
-        ids = read_ids(path)
+        ids = read_id_list(path)
         patterns = ['JPEGImages/{}.jpg'] + ([] if split == 'test' else ['SegmentationClass/{}.png'])
         _check_files(base, ids, patterns, f'VOC{year} {split}')
         counts[split] = len(ids)
@@ -89,7 +91,7 @@ def verify_sbd(root):
         path = os.path.join(base, f'{split}.txt')
         if not os.path.isfile(path):
             raise PrepareError(f'{path} is missing: the SBD archive was not extracted correctly.')
-        lists[split] = read_ids(path)
+        lists[split] = read_id_list(path)
         _check_files(base, lists[split], ['img/{}.jpg', 'cls/{}.mat'], f'SBD {split}')
         counts[split] = len(lists[split])
     # GluonCV's pascal_aug 'train' split: SBD train followed by SBD val.

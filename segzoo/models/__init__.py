@@ -10,6 +10,7 @@ from collections import namedtuple
 
 from mxnet.gluon import nn
 
+from ..data.base import BASE_SIZE, CROP_SIZE
 from .deeplabv3 import ASPP, ASPPHead, DeepLabV3Head
 from .deeplabv3_plus import ALIGN_CORNERS as _PLUS_ALIGN_CORNERS
 from .deeplabv3_plus import DeepLabV3PlusHead
@@ -55,7 +56,7 @@ class Family(namedtuple('Family', 'init zoo_aux sizes')):
 
 FAMILIES = {
     # GluonCV: MSRA backbone, Uniform(0.07) heads; zoo networks carry the aux head; 520/480 (scripts/segmentation)
-    'gluoncv': Family('gluoncv', True, (520, 480)),
+    'gluoncv': Family('gluoncv', True, (BASE_SIZE, CROP_SIZE)),
     # Composer: torchvision/mmcv constructor defaults; no aux head; ADE20K at 512x512 (composer/datasets/ade20k.py)
     'composer': Family('torch', False, (512, 512)),
 }
@@ -74,7 +75,7 @@ def check_method(method, what='method'):
 
 
 def get_segmentor(method, backbone, num_classes, aux=False, norm_layer=nn.BatchNorm, norm_kwargs=None,
-                  base_size=520, crop_size=480, **head_kwargs):
+                  base_size=BASE_SIZE, crop_size=CROP_SIZE, **head_kwargs):
     """Build the structure of a ``Segmentor``: dilated `backbone` + `method` head (+ FCN aux head on c3).
 
     Nothing is initialised or loaded (``segzoo.models.weights.load_weights`` does that) and no ``lr_mult`` is set

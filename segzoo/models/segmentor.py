@@ -10,6 +10,8 @@ import os
 from mxnet import ndarray
 from mxnet.gluon.nn import Conv2D, HybridBlock
 
+from ..data.base import BASE_SIZE, CROP_SIZE
+
 # (our key prefix or infix, GluonCV's) applied in order by gluoncv_key()
 _KEY_PREFIXES = (('backbone.', ''), ('aux_head.', 'auxlayer.'))
 _KEY_INFIXES = (('.aspp.branches.', '.aspp.concurent.'),)  # GluonCV's attribute is spelt "concurent"
@@ -64,7 +66,7 @@ class Segmentor(HybridBlock):
     """
 
     def __init__(self, backbone, head, aux_head=None, num_classes=None, align_corners=True,
-                 base_size=520, crop_size=480, head_features=(3,), aux_features=(2,), **kwargs):
+                 base_size=BASE_SIZE, crop_size=CROP_SIZE, head_features=(3,), aux_features=(2,), **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.backbone = backbone

@@ -5,18 +5,18 @@ checksum-verified download), extract them safely into ``--root`` once, check the
 print per-split counts. Nothing outside ``--root`` and ``--download-dir`` is touched, and nothing is
 ever deleted, except the optional ``--link`` symlink when ``--replace-link`` is given.
 """
-import argparse
 import collections
 import os
 import sys
 
+from ..model_store import mxnet_home
 from .archives import extract_archive
 from .download import DownloadError, check_sha1, download, sha1sum
 from .fileio import write_lines
 
 __all__ = ['Archive', 'PrepareError', 'dataset_root', 'add_common_args', 'resolve_dirs', 'archive_url',
-           'obtain_archive', 'extract_once', 'link_root', 'read_ids', 'require_dirs', 'write_lines',
-           'new_parser', 'fetch_archives', 'finish', 'run']
+           'obtain_archive', 'extract_once', 'link_root', 'require_dirs', 'write_lines',
+           'fetch_archives', 'finish', 'run']
 
 Archive = collections.namedtuple('Archive', ['filename', 'url', 'sha1'])
 Archive.__doc__ = 'A published archive: file name, official URL and SHA-1.'
@@ -28,9 +28,7 @@ class PrepareError(RuntimeError):
 
 def dataset_root(name):
     """Default dataset folder: ``$MXNET_HOME/datasets/<name>`` or ``~/.mxnet/datasets/<name>``."""
-    home = os.environ.get('MXNET_HOME')
-    base = os.path.join(home, 'datasets') if home else os.path.join('~', '.mxnet', 'datasets')
-    return os.path.abspath(os.path.expanduser(os.path.join(base, name)))
+    return os.path.abspath(os.path.join(mxnet_home(), 'datasets', name))
 
 
 def add_common_args(parser, name, download_help=None):
@@ -153,23 +151,11 @@ def link_root(link, root, replace=False):
     return link
 
 
-def read_ids(path):
-    """Non-empty, stripped lines of a split list file."""
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
-
-
 def require_dirs(root, rel_dirs, hint):
     """Raise ``PrepareError`` listing every folder of ``rel_dirs`` missing under ``root``."""
     missing = [d for d in rel_dirs if not os.path.isdir(os.path.join(root, d))]
     if missing:
         raise PrepareError(f'{root} lacks {", ".join(missing)}: {hint}')
-
-
-def new_parser(description):
-    """An ``argparse`` parser with the scripts' formatting."""
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def fetch_archives(args, archives, obtain=None, remap=None):
