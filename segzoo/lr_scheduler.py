@@ -15,14 +15,20 @@ The numbers equal ``gluoncv.utils.LRScheduler`` / ``LRSequential`` (tested again
 
 One deliberate difference: a one-iteration phase (``niters == 1``) keeps its start rate, where GluonCV divides by
 zero.
+
+``alpha_f`` (Composer's name) is the fraction of the peak rate the decay ends at (0 in GluonCV). With
+``timing='composer'`` the same shapes follow Composer's stateless schedulers instead (``composer/optim/scheduler.py``):
+the step after ``t`` finished steps uses ``tau = t / T``, so the first step runs at the peak rate and the last one
+just above ``alpha_f`` (:class:`ComposerScheduler`).
 """
 from math import cos, pi
 
 from mxnet import lr_scheduler as _mx_lr_scheduler
 
-__all__ = ['IterationScheduler', 'SequentialScheduler', 'get_lr_scheduler']
+__all__ = ['IterationScheduler', 'SequentialScheduler', 'ComposerScheduler', 'get_lr_scheduler', 'TIMINGS']
 
 MODES = ('constant', 'linear', 'poly', 'cosine')
+TIMINGS = ('gluoncv', 'composer')
 
 
 class IterationScheduler(_mx_lr_scheduler.LRScheduler):
@@ -106,8 +112,33 @@ class SequentialScheduler(_mx_lr_scheduler.LRScheduler):
         return self.phases[-1](num_update)
 
 
-def get_lr_scheduler(mode, lr, epochs, iters_per_epoch, warmup_epochs=0, power=0.9):
-    """GluonCV train.py's schedule: linear warm-up 0 -> ``lr``, then ``mode`` decay ``lr`` -> 0.
+class ComposerScheduler(_mx_lr_scheduler.LRScheduler):
+    """Composer's per-batch schedule: ``lr * alpha(t)`` where ``t`` counts the steps finished before this one.
+
+    ``alpha(t) = t / t_w`` during a warm-up of ``t_w`` steps, then ``alpha_f + (1 - alpha_f) * f(tau)`` with
+    ``tau = clamp((t - t_w) / (total - t_w), 0, 1)`` and ``f = (1 - tau) ** power`` (poly), ``(1 + cos(pi tau)) / 2``
+    (cosine), ``1 - tau`` (linear) or ``1`` (constant): Composer's ``PolynomialScheduler``,
+    ``CosineAnnealing(WithWarmup)Scheduler`` and ``LinearScheduler`` with ``t_max='1dur'``.
+    """
+
+    def __init__(self, mode, lr, total, warmup=0, power=0.9, alpha_f=0.0):
+        super().__init__(base_lr=lr)
+        if mode not in MODES:
+            raise ValueError(f'unknown lr schedule mode {mode!r}; valid: {", ".join(MODES)}')
+        self.mode, self.lr, self.total, self.warmup, self.power, self.alpha_f = mode, lr, total, warmup, power, alpha_f
+
+    def __call__(self, num_update):
+        t = max(num_update - 1, 0)          # MXNet counts the current step: num_update is 1 at the first one
+        if t < self.warmup:
+            return self.lr * t / self.warmup
+        tau = min(max((t - self.warmup) / max(self.total - self.warmup, 1), 0.0), 1.0)
+        shape = {'constant': 1.0, 'linear': 1.0 - tau, 'poly': (1.0 - tau) ** self.power,
+                 'cosine': (1.0 + cos(pi * tau)) / 2.0}[self.mode]
+        return self.lr * (self.alpha_f + (1.0 - self.alpha_f) * shape)
+
+
+def get_lr_scheduler(mode, lr, epochs, iters_per_epoch, warmup_epochs=0, power=0.9, alpha_f=0.0, timing='gluoncv'):
+    """GluonCV train.py's schedule: linear warm-up 0 -> ``lr``, then ``mode`` decay ``lr`` -> ``alpha_f * lr``.
 
     Parameters
     ----------
@@ -121,14 +152,22 @@ def get_lr_scheduler(mode, lr, epochs, iters_per_epoch, warmup_epochs=0, power=0
     warmup_epochs : int
     power : float
         Poly exponent (0.9 in every GluonCV recipe).
+    alpha_f : float
+        Final rate as a fraction of ``lr`` (Composer's typical ADE20K recipe: 0.01).
+    timing : {'gluoncv', 'composer'}
+        Whose iteration maths (see the module docstring).
 
     Returns
     -------
-    SequentialScheduler
+    SequentialScheduler or ComposerScheduler
         Callable ``num_update -> lr``, for ``mx.optimizer.Optimizer(lr_scheduler=...)``.
     """
     if warmup_epochs > epochs:
         raise ValueError(f'--warmup-epochs {warmup_epochs} exceeds --epochs {epochs}')
+    if timing not in TIMINGS:
+        raise ValueError(f'unknown lr timing {timing!r}; valid: {", ".join(TIMINGS)}')
+    if timing == 'composer':
+        return ComposerScheduler(mode, lr, epochs * iters_per_epoch, warmup_epochs * iters_per_epoch, power, alpha_f)
     warmup = IterationScheduler('linear', 0.0, lr, niters=warmup_epochs * iters_per_epoch)
-    decay = IterationScheduler(mode, lr, 0.0, niters=(epochs - warmup_epochs) * iters_per_epoch, power=power)
+    decay = IterationScheduler(mode, lr, alpha_f * lr, niters=(epochs - warmup_epochs) * iters_per_epoch, power=power)
     return SequentialScheduler([warmup, decay], base_lr=lr)

@@ -69,3 +69,43 @@ def test_trainer_reads_schedule_at_incremented_update_count(gluoncv):
         # plain SGD, gradient 1: the weight moves by exactly the step's lr
         assert before - param.data().asscalar() == pytest.approx(theirs(k), rel=1e-5, abs=1e-7)
         assert math.isclose(trainer.learning_rate, ours(k))
+
+
+@pytest.mark.parametrize('mode', ['poly', 'cosine'])
+def test_alpha_f_ends_the_gluoncv_decay_at_that_fraction(mode):
+    """GluonCV's iteration maths with a floor: lr * (alpha_f + (1 - alpha_f) * f(r)), r = clamp(n, 0, N-1) / (N-1)."""
+    lr, alpha_f, epochs, iters = 0.01, 0.01, 3, 4
+    total = epochs * iters
+    schedule = get_lr_scheduler(mode, lr, epochs, iters, alpha_f=alpha_f)
+    for n in range(total + 3):
+        r = min(n, total - 1) / (total - 1)
+        shape = (1 - r) ** 0.9 if mode == 'poly' else (1 + math.cos(math.pi * r)) / 2
+        assert schedule(n) == pytest.approx(lr * (alpha_f + (1 - alpha_f) * shape), rel=1e-12), n
+    assert schedule(total) == pytest.approx(alpha_f * lr)
+
+
+@pytest.mark.parametrize('mode,warmup_epochs', [('poly', 0), ('cosine', 0), ('poly', 1), ('cosine', 2)])
+def test_composer_timing_matches_composer_formulas(mode, warmup_epochs):
+    """Composer's stateless schedulers (t_max='1dur'): the step after t finished steps uses
+    alpha = t / t_w in the warm-up, else alpha_f + (1 - alpha_f) * f(tau), tau = (t - t_w) / (T - t_w) in [0, 1]."""
+    lr, alpha_f, epochs, iters, power = 0.02, 0.01, 4, 5, 0.9
+    total, t_w = epochs * iters, warmup_epochs * iters
+    schedule = get_lr_scheduler(mode, lr, epochs, iters, warmup_epochs=warmup_epochs, power=power, alpha_f=alpha_f,
+                                timing='composer')
+    for n in range(1, total + 3):                      # MXNet's update count: n = t + 1
+        t = n - 1
+        if t < t_w:
+            expected = lr * t / t_w
+        else:
+            tau = min((t - t_w) / (total - t_w), 1.0)
+            shape = (1 - tau) ** power if mode == 'poly' else (1 + math.cos(math.pi * tau)) / 2
+            expected = lr * (alpha_f + (1 - alpha_f) * shape)
+        assert schedule(n) == pytest.approx(expected, rel=1e-12, abs=1e-15), n
+    if warmup_epochs == 0:
+        assert schedule(1) == lr                                        # Composer's first step: the peak rate
+        assert schedule(total) > alpha_f * lr == pytest.approx(schedule(total + 1))   # floor reached after the end
+
+
+def test_unknown_timing_is_refused():
+    with pytest.raises(ValueError, match="unknown lr timing 'torch'"):
+        get_lr_scheduler('poly', 0.1, 2, 3, timing='torch')
