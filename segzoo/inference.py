@@ -3,7 +3,8 @@
 Two paths share this module:
 
 * :func:`predict_whole` runs the network once on a batch at the images' own size and returns the
-  logits. This is what GluonCV's ``scripts/segmentation/test.py`` effectively measures (spec 3.8).
+  logits. This is what GluonCV's ``scripts/segmentation/test.py`` measures: its multi-scale branch is unreachable
+  since GluonCV PR #1278 (``if 'icnet' or 'fastscnn' in args.model`` is always true).
 * :func:`predict` is the multi-scale / flip / sliding-window evaluator behind GluonCV's published
   multi-scale numbers (``gluoncv.model_zoo.segbase.MultiEvalModel``). The test-time recipe of resizing the
   input to several scales, adding horizontally flipped passes and fusing the scores comes from
@@ -79,22 +80,8 @@ def _resize(x, height, width):
 
 
 def scaled_size(height, width, base_size, scale):
-    """Size of the image at one evaluation scale, GluonCV's rounding.
-
-    Parameters
-    ----------
-    height, width : int
-        Original image size.
-    base_size : int
-        Long side at scale 1.0.
-    scale : float
-        Scale factor.
-
-    Returns
-    -------
-    (int, int, int)
-        ``(new_height, new_width, long_side)`` with ``long_side = ceil(base_size * scale)``.
-    """
+    """``(new_height, new_width, long_side)`` of a ``height`` x ``width`` image at one evaluation scale: the longer
+    side becomes ``long_side = ceil(base_size * scale)``, the other is rounded half up (GluonCV's arithmetic)."""
     long_side = int(math.ceil(base_size * scale))
     if height > width:
         return long_side, int(1.0 * width * long_side / height + 0.5), long_side
@@ -238,20 +225,8 @@ def predict(net, image, num_classes=None, base_size=None, crop_size=None, scales
 
 
 def predict_whole(net, images):
-    """Single-scale logits of a batch at the images' own size (the fast path).
-
-    Parameters
-    ----------
-    net : callable
-        Maps (B, 3, H, W) to logits (B, C, H, W) or a tuple starting with them.
-    images : mx.nd.NDArray
-        Normalised batch (B, 3, H, W) or one image (3, H, W), on the network's context.
-
-    Returns
-    -------
-    mx.nd.NDArray
-        Logits (B, C, H, W), or (C, H, W) for a single (3, H, W) image.
-    """
+    """Single-scale logits of a normalised batch (B, 3, H, W) -> (B, C, H, W), or of one image (3, H, W) ->
+    (C, H, W), at the images' own size (the fast path). ``net`` returns logits or a tuple starting with them."""
     if images.ndim == 3:
         return _logits(net, images.expand_dims(0))[0]
     return _logits(net, images)

@@ -24,24 +24,9 @@ def _valid_mask(F, label, ignore_label):
 class SoftmaxCrossEntropy2D(gluon.HybridBlock):
     """Per-pixel softmax cross-entropy normalised by the chunk's count of labelled pixels.
 
-    Pixels labelled `ignore_label` contribute neither to the loss nor to the count. A chunk whose
-    pixels are all ignored gives 0 and zero gradients.
-
-    Parameters
-    ----------
-    ignore_label : int, default -1
-        Label value of pixels that carry no supervision.
-
-    Inputs
-    ------
-    logits : NDArray, (B, C, H, W)
-    label : NDArray, (B, H, W), integer class ids (any dtype), `ignore_label` for ignored pixels.
-
-    Outputs
-    -------
-    NDArray, (B,) float32
-        Sample b's summed cross-entropy divided by the number of labelled pixels in the whole
-        chunk, so the sum over b is the mean cross-entropy over the chunk's labelled pixels.
+    ``(logits (B, C, H, W), label (B, H, W)) -> (B,)``: sample b's cross-entropy summed over its labelled pixels,
+    divided by the labelled pixels of the whole chunk, so the outputs sum to the chunk's mean. Pixels labelled
+    `ignore_label` count nowhere; an all-ignored chunk gives 0 and zero gradients.
     """
 
     def __init__(self, ignore_label=IGNORE_LABEL, **kwargs):
@@ -58,20 +43,13 @@ class SoftmaxCrossEntropy2D(gluon.HybridBlock):
 
 
 class GluonCVSoftmaxCrossEntropy2D(gluon.HybridBlock):
-    """GluonCV's segmentation cross-entropy, reproduced value for value and gradient for gradient.
+    """GluonCV's segmentation cross-entropy (``gluoncv/loss.py``, ``SoftmaxCrossEntropyLoss``), value for value
+    and gradient for gradient; called like :class:`SoftmaxCrossEntropy2D`.
 
-    The value is GluonCV's: each sample's cross-entropy summed over its labelled pixels and divided
-    by ALL its pixels, ignored ones included. The gradient is GluonCV's, produced by the same
-    ``SoftmaxOutput`` operator: ``(softmax - onehot) / N_valid`` with ``N_valid`` the labelled pixels
-    of the chunk, whatever gradient arrives from above. Any weight applied to this block's output
-    therefore changes the value only, never the gradient; this is why GluonCV's ``aux_weight`` has
-    no effect on training (gluoncv-spec 3.4, GluonCV issues #1665 and #1668).
-
-    Parameters
-    ----------
-    ignore_label : int, default -1
-
-    Inputs / Outputs as :class:`SoftmaxCrossEntropy2D`; the output is (B,) float32.
+    The value: each sample's cross-entropy over its labelled pixels divided by ALL its pixels. The gradient comes
+    from the same ``SoftmaxOutput`` operator, ``(softmax - onehot) / N_valid`` (labelled pixels of the chunk),
+    whatever gradient arrives from above: a weight on this block's output changes the value, never the gradient.
+    That is why GluonCV's ``aux_weight`` has no effect on training (GluonCV issues #1665 and #1668).
     """
 
     def __init__(self, ignore_label=IGNORE_LABEL, **kwargs):
@@ -104,21 +82,8 @@ class SoftmaxDiceLoss(gluon.HybridBlock):
     ignored pixels are all zero. Where every class is absent (every pixel ignored) Composer returns
     NaN; this block returns 0 with zero gradients.
 
-    The loss is one scalar per chunk; it is spread equally over the samples (each gets loss / B), so
-    the (B,) output sums to it.
-
-    Parameters
-    ----------
-    ignore_label : int, default -1
-
-    Inputs
-    ------
-    logits : NDArray, (B, C, H, W)
-    label : NDArray, (B, H, W)
-
-    Outputs
-    -------
-    NDArray, (B,) float32
+    ``(logits (B, C, H, W), label (B, H, W)) -> (B,)``: the chunk's one loss spread equally over its samples
+    (each gets loss / B), so the outputs sum to it.
     """
 
     def __init__(self, ignore_label=IGNORE_LABEL, **kwargs):
@@ -164,6 +129,7 @@ class MixSoftmaxCrossEntropyLoss(gluon.HybridBlock):
     aux_weight : float, default 0.5
         Weight of the auxiliary cross-entropy (value and gradient; value only in compat mode).
     ignore_label : int, default -1
+        Label value of pixels that carry no supervision.
     gluoncv_compat : bool, default False
         Reproduce GluonCV's ``MixSoftmaxCrossEntropyLoss``: gradients bit for bit (main and aux each
         ``(softmax - onehot) / N_valid``, whatever `aux_weight`), and GluonCV's reported value (per

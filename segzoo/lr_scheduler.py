@@ -4,7 +4,8 @@ Poly decay is the schedule of DeepLab ("DeepLab: Semantic Image Segmentation wit
 Atrous Convolution, and Fully Connected CRFs", arXiv:1606.00915); cosine decay is SGDR's ("SGDR: Stochastic Gradient
 Descent with Warm Restarts", arXiv:1608.03983) without restarts.
 
-The numbers equal ``gluoncv.utils.LRScheduler`` / ``LRSequential`` (tested against them):
+The numbers equal ``gluoncv.utils.LRScheduler`` / ``LRSequential`` (``gluoncv/utils/lr_scheduler.py``; tested
+against them):
 
 * MXNet's optimizer increments ``num_update`` *before* it asks for the rate, so the first step reads ``n = 1``.
 * A phase of ``niters`` iterations starting at ``offset`` uses ``T = clamp(n - offset, 0, niters - 1)`` and

@@ -1,4 +1,5 @@
-"""Pixel accuracy and mean IoU accumulated over a dataset, with GluonCV's exact semantics.
+"""Pixel accuracy and mean IoU accumulated over a dataset, with the semantics of GluonCV's
+``SegmentationMetric`` (``gluoncv/utils/metrics/segmentation.py``).
 
 All counts live in one confusion matrix (rows = ground truth, columns = prediction, labelled pixels
 only), filled with ``np.bincount``. GluonCV's quantities follow from it: correct pixels = trace,
