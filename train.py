@@ -14,6 +14,7 @@ stopped, mid-epoch included) or a ``.params`` file (weights only: a new stage wi
 Outputs go to ``runs/<dataset>/<method>/<checkname>/`` (see ``segzoo.cli.run_dir``).
 """
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from segzoo import checkpoint as ckpt
 from segzoo import cli
+from segzoo import distributed
 from segzoo.checkpoint import TrainState
 from segzoo.data import get_segmentation_dataset
 from segzoo.data.loader import get_dataloader
@@ -36,6 +38,7 @@ from segzoo.lr_scheduler import get_lr_scheduler
 from segzoo.optimizer import OPTIMIZERS, make_optimizer
 from segzoo.utils.fileio import atomic_write, write_json
 from segzoo.utils.metrics import SegmentationMetric, class_iou_table
+from segzoo.utils import runlock
 from segzoo.utils.parallel import check_engine_threads, parallel_apply, split_batch
 
 DEFAULT_TRAIN_SPLIT = {'pascal_aug': 'train_aug'}
@@ -60,6 +63,7 @@ class LoopConfig:
     log_interval: int = 20
     save_interval: int = 0            # also checkpoint every N steps (0: at the end of each epoch only)
     stop_at_iter: Optional[int] = None
+    workers: distributed.Workers = dataclasses.field(default_factory=lambda: distributed.Workers(None))
 
     def stop_requested(self, state):
         """The stop rule: ``--stop-at-iter`` steps done."""
@@ -131,15 +135,16 @@ def get_datasets(args):
     return train_set, val_set
 
 
-def make_loaders(train_set, val_set, args):
+def make_loaders(train_set, val_set, args, workers, num_devices):
     """Training loader (shuffled, GluonCV's ``last_batch='rollover'``, per-sample seeds from ``--seed`` and the
     epoch, so an epoch can be replayed from any batch) and validation loader (every image once: ``'keep'``)."""
     train = val = None
     if train_set is not None:
         train = get_dataloader(train_set, args.batch_size, shuffle=True, last_batch='rollover',
-                               num_workers=args.workers, seed=args.seed)
+                               num_workers=args.workers, seed=args.seed,
+                               shard=workers.batch_share(args.batch_size, num_devices))
     if val_set is not None:
-        val = get_dataloader(val_set, args.test_batch_size, shuffle=False, last_batch='keep',
+        val = get_dataloader(workers.val_shard(val_set), args.test_batch_size, shuffle=False, last_batch='keep',
                              num_workers=args.workers, seed=args.seed)
     return train, val
 
@@ -181,7 +186,7 @@ def make_trainer(net, args, iters_per_epoch, kvstore):
     optimizer = make_optimizer(args.optimizer, args.lr, momentum=args.momentum, wd=args.weight_decay,
                                lr_scheduler=schedule, begin_num_update=args.start_epoch * iters_per_epoch,
                                multi_precision=args.dtype == 'float16')
-    return mx.gluon.Trainer(net.collect_params(), optimizer, kvstore=kvstore)
+    return mx.gluon.Trainer(net.collect_params(), optimizer, **distributed.trainer_options(kvstore))
 
 
 def make_loss(args, aux):
@@ -208,11 +213,17 @@ def restore_state(args, state_file, net, trainer, ctx_list, iters_per_epoch):
     return state
 
 
-def open_run_dir(args, new_history):
+def open_run_dir(args, new_history, writer=True):
     """Create the run directory with its train.log and args.json, and seed the global RNGs. ``new_history``: a
-    new run in an old directory, whose metrics.jsonl is removed."""
+    new run in an old directory, whose metrics.jsonl is removed. Without ``writer`` (the workers other than rank 0)
+    nothing is written and only warnings are logged."""
     run_dir = cli.run_dir(args)
+    if not writer:
+        cli.setup_logger(None, level=logging.WARNING)
+        ckpt.seed_all(args.seed)
+        return run_dir
     os.makedirs(run_dir, exist_ok=True)
+    runlock.acquire(run_dir)      # before any write: a second train.py here exits naming this PID
     cli.setup_logger(os.path.join(run_dir, 'train.log'))
     logger.info(f'run directory: {run_dir}')
     write_json(os.path.join(run_dir, 'args.json'), vars(args))
@@ -222,13 +233,19 @@ def open_run_dir(args, new_history):
     return run_dir
 
 
-def loop_config(args, ctx_list, run_dir, net, trainer):
+def loop_config(args, ctx_list, run_dir, net, trainer, workers):
     """The :class:`LoopConfig` of the flags; checkpoints go to ``run_dir`` with the flags in them."""
     return LoopConfig(ctx_list=ctx_list, run_dir=run_dir, seed=args.seed, dtype=args.dtype,
                       threaded=args.syncbn and len(ctx_list) > 1, log_interval=args.log_interval,
-                      save_interval=args.save_interval, stop_at_iter=args.stop_at_iter,
-                      save=lambda state, best=False: ckpt.save_checkpoint(run_dir, net, trainer, state, vars(args),
-                                                                          best))
+                      save_interval=args.save_interval, stop_at_iter=args.stop_at_iter, workers=workers,
+                      save=functools.partial(_save, run_dir, net, trainer, vars(args), workers))
+
+
+def _save(run_dir, net, trainer, flags, workers, state, best=False):
+    """Checkpoint from rank 0, with the BN running statistics averaged over the workers (a collective)."""
+    with distributed.averaged_bn_stats(net, workers.reducer):
+        if workers.is_writer:
+            ckpt.save_checkpoint(run_dir, net, trainer, state, flags, best)
 
 
 def _append_metrics(run_dir, record):
@@ -263,20 +280,25 @@ def plot_curves(run_dir):
 
 
 # ----------------------------------------------------------------------------------------------- loops
-def train_step(net, loss_fn, trainer, image, label, config):
-    """One optimizer step on a global batch; returns the per-device losses (not synchronised)."""
+def train_step(net, loss_fn, trainer, image, label, config, step):
+    """One optimizer step on this worker's share of a global batch; returns the per-device losses (not
+    synchronised). Without threads each device's dropout draws from (seed, step, global device index), so the
+    masks do not depend on how the devices are spread over processes."""
     images = split_batch(image.astype(config.dtype, copy=False), config.ctx_list)
     labels = split_batch(label, config.ctx_list)
+    first_device = config.workers.first_device(len(config.ctx_list))
 
-    def forward_backward(x, y):
+    def forward_backward(device, x, y):
+        if not config.threaded:
+            ckpt.seed_mx(distributed.device_seed(config.seed, step, first_device + device))
         # backward in the device's own thread too: SyncBN's backward also waits for every device
         with autograd.record():
             loss = loss_fn(*net(x), y)
         loss.backward()
         return loss
 
-    losses = parallel_apply(forward_backward, list(zip(images, labels)), config.threaded)
-    trainer.step(image.shape[0])
+    losses = parallel_apply(forward_backward, list(zip(range(len(images)), images, labels)), config.threaded)
+    trainer.step(image.shape[0] * config.workers.num_workers)     # the kvstore sums the workers' gradients
     return losses
 
 
@@ -292,9 +314,9 @@ class _LossMeter:
         self.pending = loss if self.pending is None else self.pending + loss
         self.num_pending += 1
 
-    def sync(self):
-        """Mean of the losses added since the last sync (waits for them)."""
-        mean = self.pending.asscalar() / self.num_pending
+    def sync(self, workers):
+        """Mean of the losses added since the last sync (waits for them), over every worker."""
+        mean = workers.mean(self.pending.asscalar() / self.num_pending)
         self.total, self.count = self.total + mean * self.num_pending, self.count + self.num_pending
         self.pending, self.num_pending = None, 0
         return mean
@@ -331,10 +353,10 @@ def train_one_epoch(net, loss_fn, trainer, loader, state, config):
     num_batches = len(loader) + state.iteration
     meter, tic, images = _LossMeter(), time.time(), 0
     bar = tqdm(loader, total=num_batches, initial=state.iteration, desc=f'epoch {state.epoch}', dynamic_ncols=True,
-               leave=False)
+               leave=False, disable=not config.workers.is_writer)
     for image, label in bar:
         _seed_step(config.seed, state.global_step)
-        meter.add(train_step(net, loss_fn, trainer, image, label, config), config.ctx_list[0])
+        meter.add(train_step(net, loss_fn, trainer, image, label, config, state.global_step), config.ctx_list[0])
         state.iteration += 1
         state.global_step += 1
         images += image.shape[0]
@@ -342,7 +364,7 @@ def train_one_epoch(net, loss_fn, trainer, loader, state, config):
         stop = not last and config.stop_requested(state)
         save = stop or (not last and config.save_interval and state.global_step % config.save_interval == 0)
         if meter.num_pending == config.log_interval or last or save:
-            loss = meter.sync()                                  # sync point: log interval / checkpoint only
+            loss = meter.sync(config.workers)                    # sync point: log interval / checkpoint only
             _check_finite(loss, state, config.run_dir)
             bar.set_postfix(loss=f'{loss:.4f}', lr=f'{trainer.learning_rate:.2e}',
                             img_s=f'{images / max(time.time() - tic, 1e-9):.1f}')
@@ -376,7 +398,7 @@ def end_epoch(net, trainer, state, stats, val_data, config):
               'seconds': stats['seconds'], 'pixAcc': None, 'mIoU': None}
     metric, scores = None, ''
     if val_data is not None:
-        metric = evaluate(net, val_data, config.ctx_list, net.num_classes, config.dtype)
+        metric = config.workers.sum_metric(evaluate(net, val_data, config.ctx_list, net.num_classes, config.dtype))
         pix_acc, miou = (float(v) for v in metric.get())
         record.update(pixAcc=pix_acc, mIoU=miou)
         scores = f' | pixAcc {100 * pix_acc:.2f} mIoU {100 * miou:.2f}'
@@ -385,8 +407,9 @@ def end_epoch(net, trainer, state, stats, val_data, config):
         state.best_miou = record['mIoU']
     state.epoch_done = True
     config.save(state, best=improved)
-    _append_metrics(config.run_dir, record)
-    plot_curves(config.run_dir)
+    if config.workers.is_writer:
+        _append_metrics(config.run_dir, record)
+        plot_curves(config.run_dir)
     logger.info(f'epoch {state.epoch}: loss {stats["loss"]:.4f} lr {record["lr"]:.3e} {stats["img/s"]:.1f} img/s '
                 f'{stats["seconds"]:.0f}s{scores}')
     state.next_epoch()
@@ -413,9 +436,10 @@ def fit(net, trainer, state, train_data, val_data, args, config):
     return result
 
 
-def validate(net, val_data, ctx_list, dtype):
-    """``--eval``: one validation pass, logged with the per-class IoU table; returns its metrics."""
-    metric = evaluate(net, val_data, ctx_list, net.num_classes, dtype)
+def validate(net, val_data, ctx_list, dtype, workers):
+    """``--eval``: one validation pass (summed over the workers), logged with the per-class IoU table; returns its
+    metrics."""
+    metric = workers.sum_metric(evaluate(net, val_data, ctx_list, net.num_classes, dtype))
     pix_acc, miou = (float(v) for v in metric.get())
     class_iou = metric.get_class_iou()
     logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  mIoU {100 * miou:.2f}\nper-class IoU (%):\n'
@@ -426,23 +450,28 @@ def validate(net, val_data, ctx_list, dtype):
 def main(args):
     """Train (or only validate, with ``--eval``); returns the final metrics dict."""
     state_file = ckpt.find_state(args.resume) if args.resume else None
-    run_dir = open_run_dir(args, new_history=state_file is None and not args.eval)
+    workers = distributed.Workers(args.kvstore)       # first: only rank 0 writes the run directory
+    run_dir = open_run_dir(args, new_history=state_file is None and not args.eval, writer=workers.is_writer)
     ctx_list = cli.get_contexts(args)
     if not args.eval:
         check_engine_threads(ctx_list, args.syncbn)
     train_set, val_set = get_datasets(args)
-    train_data, val_data = make_loaders(train_set, val_set, args)
+    train_data, val_data = make_loaders(train_set, val_set, args, workers, len(ctx_list))
     net = build_network(args, ctx_list, (val_set if train_set is None else train_set).NUM_CLASS,
                         weights=None if state_file else args.resume)
     iters_per_epoch = iterations_per_epoch(train_set, args)
-    trainer = make_trainer(net, args, iters_per_epoch, cli.get_kvstore(args, ctx_list))
+    trainer = make_trainer(net, args, iters_per_epoch, workers.kvstore or cli.get_kvstore(args, ctx_list))
     state = restore_state(args, state_file, net, trainer, ctx_list, iters_per_epoch)
+    if workers.distributed:       # equal step counts on every worker (else the job hangs)
+        workers.reducer.check_same('the training images, steps per epoch and devices per worker',
+                                   [0 if train_set is None else len(train_set), iters_per_epoch, len(ctx_list)])
+    distributed.init_trainer(trainer)       # weights broadcast before the first forward
     if args.eval:
-        result = validate(net, val_data, ctx_list, args.dtype)
+        result = validate(net, val_data, ctx_list, args.dtype, workers)
     else:
         logger.info(f'{len(train_set)} training images, {iters_per_epoch} iterations/epoch, devices {ctx_list}')
         result = fit(net, trainer, state, train_data, val_data, args, loop_config(args, ctx_list, run_dir, net,
-                                                                                   trainer))
+                                                                                   trainer, workers))
     return result
 
 
