@@ -34,7 +34,7 @@ from segzoo.data import get_segmentation_dataset
 from segzoo.data.loader import get_dataloader
 from segzoo.data.transforms import ImageNormalize
 from segzoo.loss import MixSoftmaxCrossEntropyLoss
-from segzoo.lr_scheduler import get_lr_scheduler
+from segzoo.lr_scheduler import TIMINGS, get_lr_scheduler
 from segzoo.optimizer import OPTIMIZERS, make_optimizer
 from segzoo.utils.fileio import atomic_write, write_json
 from segzoo.utils.metrics import SegmentationMetric, class_iou_table
@@ -43,7 +43,9 @@ from segzoo.utils.parallel import check_engine_threads, parallel_apply, split_ba
 
 DEFAULT_TRAIN_SPLIT = {'pascal_aug': 'train_aug'}
 # Flags a full-state resume must repeat: they define the lr schedule the saved trainer state is part of.
-SCHEDULE_ARGS = ('lr', 'lr_scheduler', 'power', 'warmup_epochs', 'epochs', 'batch_size', 'optimizer')
+SCHEDULE_ARGS = ('lr', 'lr_scheduler', 'power', 'alpha_f', 'lr_timing', 'warmup_epochs', 'epochs', 'batch_size',
+                 'optimizer', 'grad_norm')
+GRAD_NORMS = ('gluoncv', 'composer')
 logger = logging.getLogger('segzoo')      # configured by cli.setup_logger in main
 
 
@@ -63,11 +65,19 @@ class LoopConfig:
     log_interval: int = 20
     save_interval: int = 0            # also checkpoint every N steps (0: at the end of each epoch only)
     stop_at_iter: Optional[int] = None
+    grad_norm: str = 'gluoncv'
     workers: distributed.Workers = dataclasses.field(default_factory=lambda: distributed.Workers(None))
 
     def stop_requested(self, state):
         """The stop rule: ``--stop-at-iter`` steps done."""
         return self.stop_at_iter is not None and state.global_step >= self.stop_at_iter
+
+    def step_divisor(self, batch):
+        """What ``trainer.step`` divides the per-device loss gradients, summed over devices and workers (the kvstore
+        sums the workers'), by: the global batch (GluonCV), or the global number of devices (Composer: the mean over
+        devices of per-device mean losses)."""
+        per_worker = batch if self.grad_norm == 'gluoncv' else len(self.ctx_list)
+        return per_worker * self.workers.num_workers
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -98,6 +108,14 @@ def parse_args(argv=None):
     opt.add_argument('--lr', type=float, default=1e-3, help='backbone learning rate')
     opt.add_argument('--head-lr-mult', type=float, default=10.0, help='lr multiplier of the head and aux head')
     opt.add_argument('--lr-scheduler', type=str, default='poly', choices=('poly', 'cosine'))
+    opt.add_argument('--alpha-f', type=float, default=0.0,
+                     help="final lr as a fraction of --lr (Composer's alpha_f; GluonCV decays to 0)")
+    opt.add_argument('--lr-timing', type=str, default='gluoncv', choices=TIMINGS,
+                     help="whose iteration maths the schedule follows: GluonCV's LRScheduler or Composer's "
+                          "schedulers (first step at the peak rate)")
+    opt.add_argument('--grad-norm', type=str, default='gluoncv', choices=GRAD_NORMS,
+                     help='gluoncv: per-device mean losses, gradient divided by the global batch; composer: the '
+                          'mean over devices of per-device mean losses (larger by the per-device batch)')
     opt.add_argument('--power', type=float, default=0.9, help='poly exponent')
     opt.add_argument('--warmup-epochs', type=int, default=0, help='linear warm-up 0 -> lr')
     opt.add_argument('--momentum', type=float, default=0.9)
@@ -182,7 +200,8 @@ def iterations_per_epoch(train_set, args):
 def make_trainer(net, args, iters_per_epoch, kvstore):
     """``gluon.Trainer`` with GluonCV's per-iteration schedule (``num_update`` counts every step)."""
     schedule = get_lr_scheduler(args.lr_scheduler, args.lr, args.epochs, iters_per_epoch,
-                                warmup_epochs=args.warmup_epochs, power=args.power)
+                                warmup_epochs=args.warmup_epochs, power=args.power, alpha_f=args.alpha_f,
+                                timing=args.lr_timing)
     optimizer = make_optimizer(args.optimizer, args.lr, momentum=args.momentum, wd=args.weight_decay,
                                lr_scheduler=schedule, begin_num_update=args.start_epoch * iters_per_epoch,
                                multi_precision=args.dtype == 'float16')
@@ -238,6 +257,7 @@ def loop_config(args, ctx_list, run_dir, net, trainer, workers):
     return LoopConfig(ctx_list=ctx_list, run_dir=run_dir, seed=args.seed, dtype=args.dtype,
                       threaded=args.syncbn and len(ctx_list) > 1, log_interval=args.log_interval,
                       save_interval=args.save_interval, stop_at_iter=args.stop_at_iter, workers=workers,
+                      grad_norm=args.grad_norm,
                       save=functools.partial(_save, run_dir, net, trainer, vars(args), workers))
 
 
@@ -298,7 +318,7 @@ def train_step(net, loss_fn, trainer, image, label, config, step):
         return loss
 
     losses = parallel_apply(forward_backward, list(zip(range(len(images)), images, labels)), config.threaded)
-    trainer.step(image.shape[0] * config.workers.num_workers)     # the kvstore sums the workers' gradients
+    trainer.step(config.step_divisor(image.shape[0]))
     return losses
 
 

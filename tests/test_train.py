@@ -266,3 +266,29 @@ def test_optimizers_are_built_where_chosen_not_registered_by_import():
     assert isinstance(make_optimizer('adam', 0.1), mx.optimizer.Adam)
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
         make_optimizer('lamb', 0.1)
+
+
+def test_composer_grad_norm_divides_by_devices_instead_of_images(voc_root, tmp_path):
+    """Batch 4 on 2 CPU devices: Composer's normalisation (mean over devices of per-device mean losses) divides the
+    summed gradients by 2 devices instead of GluonCV's 4 images, so it equals GluonCV's step at twice the lr.
+    Without weight decay every term scales by a power of two, so the weights agree bit for bit (2 steps, momentum)."""
+    common = ('--ngpus', '2', '--batch-size', '4', '--weight-decay', '0', '--no-val', '--epochs', '4',
+              '--stop-at-iter', '2')     # 1 step per epoch; GluonCV's poly gives steps 1 and 2 of 4 a non-zero lr
+    _run(voc_root, tmp_path / 'gluoncv', *common, '--lr', '0.02')
+    _run(voc_root, tmp_path / 'composer', *common, '--lr', '0.01', '--grad-norm', 'composer')
+    _run(voc_root, tmp_path / 'plain', *common, '--lr', '0.01')
+    a, b = _params(tmp_path / 'gluoncv' / 'checkpoint.params'), _params(tmp_path / 'composer' / 'checkpoint.params')
+    plain = _params(tmp_path / 'plain' / 'checkpoint.params')
+    weights = [k for k in a if 'running' not in k]
+    for key in weights:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    assert any(not np.array_equal(plain[k], b[k]) for k in weights)      # the switch changes the update
+
+
+def test_alpha_f_and_composer_timing_reach_the_trainer(voc_root, tmp_path):
+    """The schedule flags build segzoo.lr_scheduler's schedule: the logged end-of-epoch lr is its value there."""
+    from segzoo.lr_scheduler import get_lr_scheduler
+    record = _run(voc_root, tmp_path / 'run', '--no-val', '--lr-scheduler', 'cosine', '--alpha-f', '0.1',
+                  '--lr-timing', 'composer')
+    expected = get_lr_scheduler('cosine', 0.01, 2, 2, alpha_f=0.1, timing='composer')(4)
+    assert record['lr'] == pytest.approx(expected) and expected > 0.001     # above the floor: step 4 of 4
