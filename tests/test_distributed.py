@@ -2,6 +2,10 @@
 
 The multi-process behaviour (sums, BN averaging, trainer set-up) runs for real in tests/test_launch.py.
 """
+import importlib
+import os
+import sys
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -153,3 +157,11 @@ def test_loader_shards_are_the_workers_parts_of_every_global_batch():
         batches = [[b[0][:, 0, 0, 0].asnumpy().tolist() for b in loader] for loader in [whole] + parts]
         assert len(batches[0]) == len(batches[1]) == len(batches[2]) == expected_count > 0
         assert [a + b for a, b in zip(batches[1], batches[2])] == batches[0]
+
+
+def test_train_py_refuses_dist_async_before_creating_the_run_directory(tmp_path):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    train = importlib.import_module('train')      # the script at the repository root
+    with pytest.raises(SystemExit, match='--kvstore dist_async: asynchronous training is not supported'):
+        train.main(train.parse_args(['--kvstore', 'dist_async', '--save-dir', str(tmp_path / 'run'), '--no-cuda']))
+    assert not (tmp_path / 'run').exists()
