@@ -50,7 +50,7 @@ def add_model_args(parser):
     """Add the model flags (``--model``, ``--model-zoo``, ``--backbone``, ``--aux``, ``--syncbn``, ...)."""
     group = parser.add_argument_group('model')
     group.add_argument('--model', type=str, default='fcn',
-                       help='method for get_segmentation_model: fcn, psp, deeplab, deeplabplus (default: fcn)')
+                       help='method for get_segmentation_model: fcn, psp, deeplab, deeplabplus')
     group.add_argument('--model-zoo', type=str, default=None, metavar='NAME',
                        help='build a model-zoo network, e.g. deeplab_resnet101_coco; loads its published weights '
                             'unless --no-pretrained')
@@ -59,7 +59,7 @@ def add_model_args(parser):
     group.add_argument('--no-pretrained', dest='pretrained', action='store_false',
                        help='with --model-zoo: start from ImageNet backbone / random weights instead')
     group.add_argument('--backbone', type=str, default='resnet50',
-                       help='backbone: resnet50, resnet101, resnet152, resnet_tiny (default: resnet50)')
+                       help='backbone: resnet50, resnet101, resnet152, resnet_tiny')
     group.add_argument('--aux', action='store_true', default=False, help='add the auxiliary FCN head on stage 3')
     group.add_argument('--syncbn', action='store_true', default=False,
                        help='mx.gluon.contrib.nn.SyncBatchNorm across the devices (threaded forwards)')
@@ -77,10 +77,10 @@ def add_data_args(parser, default_dataset='pascal_aug'):
     """Add ``--dataset``, ``--dataset-root``, ``--workers``, ``--base-size``, ``--crop-size``."""
     group = parser.add_argument_group('data')
     group.add_argument('--dataset', type=str, default=default_dataset,
-                       help=f'pascal_voc, pascal_aug, coco, ade20k, citys (default: {default_dataset})')
+                       help='pascal_voc, pascal_aug, coco, ade20k, citys')
     group.add_argument('--dataset-root', type=str, default=None,
                        help="the dataset's root folder (default: the dataset's ~/.mxnet/datasets/ folder)")
-    group.add_argument('--workers', type=int, default=16, help='DataLoader worker processes (default: 16)')
+    group.add_argument('--workers', type=int, default=16, help='DataLoader worker processes')
     group.add_argument('--base-size', type=int, default=BASE_SIZE, help='base image size')
     group.add_argument('--crop-size', type=int, default=CROP_SIZE, help='crop size')
     return group
