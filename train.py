@@ -32,7 +32,6 @@ from segzoo import distributed
 from segzoo.checkpoint import TrainState
 from segzoo.data import get_segmentation_dataset
 from segzoo.data.loader import get_dataloader
-from segzoo.data.transforms import ImageNormalize
 from segzoo.loss import MixSoftmaxCrossEntropyLoss
 from segzoo.lr_scheduler import TIMINGS, get_lr_scheduler
 from segzoo.optimizer import OPTIMIZERS, make_optimizer
@@ -142,8 +141,8 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------------------- data
 def get_datasets(args):
-    """Training and validation datasets with segzoo's image normalisation."""
-    common = dict(transform=ImageNormalize(), base_size=args.base_size, crop_size=args.crop_size)
+    """Training and validation datasets with the ``--augment`` pipelines (numpy items, normalised)."""
+    common = dict(transforms=args.augment, base_size=args.base_size, crop_size=args.crop_size)
     if args.dataset_root:
         common['root'] = args.dataset_root
     train_set = None if args.eval else get_segmentation_dataset(args.dataset, split=args.train_split,

@@ -22,6 +22,7 @@ import os
 import mxnet as mx
 
 from .data.base import BASE_SIZE, CROP_SIZE
+from .data.transforms import RECIPES
 from .model_zoo import get_model, get_segmentation_model
 from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
@@ -83,6 +84,9 @@ def add_data_args(parser, default_dataset='pascal_aug'):
     group.add_argument('--workers', type=int, default=16, help='DataLoader worker processes')
     group.add_argument('--base-size', type=int, default=BASE_SIZE, help='base image size')
     group.add_argument('--crop-size', type=int, default=CROP_SIZE, help='crop size')
+    group.add_argument('--augment', type=str, default='gluoncv', choices=tuple(RECIPES),
+                       help="data pipelines: GluonCV's, or Composer's ADE20K recipe (square resize, class-ratio "
+                            "crop, photometric distortion; val resized to --crop-size squared)")
     return group
 
 

@@ -672,3 +672,20 @@ def test_missing_files_named(tmp_path):
     os.remove(os.path.join(coco, 'train2017', '000000000001.jpg'))
     with pytest.raises(FileNotFoundError, match=r'train2017/000000000001\.jpg'):
         get_segmentation_dataset('coco', split='train', root=coco)
+
+
+def test_augment_flag_selects_the_recipe(sample_data):
+    from helpers import load_script
+    from segzoo.data.transforms import RandomCrop, RandomScalePadCrop, Resize, ResizeShortSide
+    train = load_script('train.py')
+    root = os.path.join(sample_data, 'ade_mini')
+    for flag, train_step, val_step in (([], RandomScalePadCrop, ResizeShortSide),
+                                       (['--augment', 'composer'], RandomCrop, Resize)):
+        train_set, val_set = train.get_datasets(train.parse_args(['--dataset', 'ade20k', '--dataset-root', root,
+                                                                  '--crop-size', '48'] + flag))
+        assert any(isinstance(t, train_step) for t in train_set.transforms.transforms)
+        assert isinstance(val_set.transforms.transforms[0], val_step)
+        image, mask = train_set[0]
+        assert isinstance(image, np.ndarray) and image.shape == (3, 48, 48) and mask.shape == (48, 48)
+    with pytest.raises(SystemExit):
+        train.parse_args(['--augment', 'mmseg'])
