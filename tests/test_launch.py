@@ -3,6 +3,7 @@
 Every launch runs with a unique marker variable; afterwards no process carrying it may be left, and any that is
 found is killed by its own pid before the test fails.
 """
+import contextlib
 import json
 import os
 import signal
@@ -118,24 +119,28 @@ def _assert_nothing_left(mark):
     assert not left, f'processes left running: {left}'
 
 
-def _start(args, mark):
+@contextlib.contextmanager
+def _launched(args):
+    """The launcher process of ``args``; on exit it is killed if still running and nothing may be left."""
+    mark = uuid.uuid4().hex
     env = dict(os.environ, SEGZOO_TEST_MARK=mark, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, '-m', 'segzoo.launch', *args], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, '-m', 'segzoo.launch', *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _run(args, timeout=40):
-    """Run the launcher; returns (exit status, output, seconds) after checking nothing is left running."""
-    mark, tic = uuid.uuid4().hex, time.monotonic()
-    proc = _start(args, mark)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         time.sleep(0.2)
         _assert_nothing_left(mark)
+
+
+def _run(args, timeout=40):
+    """Run the launcher; returns (exit status, output, seconds) after checking nothing is left running."""
+    tic = time.monotonic()
+    with _launched(args) as proc:
+        out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out, time.monotonic() - tic
 
 
@@ -174,10 +179,8 @@ def test_unreachable_scheduler_names_host_and_port():
 
 @pytest.mark.dist
 def test_ctrl_c_is_forwarded_and_stops_every_process():
-    mark = uuid.uuid4().hex
     worker = 'import time; print("ready", flush=True); time.sleep(120)'
-    proc = _start(['-n', '2', '-s', '1', '--grace', '1', '--', sys.executable, '-c', worker], mark)
-    try:
+    with _launched(['-n', '2', '-s', '1', '--grace', '1', '--', sys.executable, '-c', worker]) as proc:
         lines, deadline = [], time.monotonic() + 30
         while sum('ready' in line for line in lines) < 2 and time.monotonic() < deadline:
             lines.append(proc.stdout.readline())
@@ -186,12 +189,6 @@ def test_ctrl_c_is_forwarded_and_stops_every_process():
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 128 + signal.SIGINT, out
         assert 'SIGINT: stopping every process' in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        time.sleep(0.2)
-        _assert_nothing_left(mark)
 
 
 @pytest.mark.dist
