@@ -1,37 +1,17 @@
 """train.py end to end on the bundled real VOC images (tiny backbone, 32-48 px crops), resume, NaN stop, optimizer."""
-import importlib
 import json
 import os
-import shutil
 import sys
 
 import mxnet as mx
 import numpy as np
 import pytest
 
+from helpers import ROOT, load_script, make_voc_root
 from segzoo import cli
 from segzoo.optimizer import make_optimizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-train = importlib.import_module('train')      # the script at the repository root
-
-
-def make_voc_root(sample_data, dest, num_train=4, num_val=2):
-    """A VOC root in ``dest`` with the first ``num_train`` (train/trainval) and next ``num_val`` (val) images."""
-    src = os.path.join(sample_data, 'voc_mini', 'VOC2012')
-    ids = sorted(f[:-4] for f in os.listdir(os.path.join(src, 'SegmentationClass')))[:num_train + num_val]
-    voc = os.path.join(dest, 'VOC2012')
-    for sub, ext in (('JPEGImages', '.jpg'), ('SegmentationClass', '.png')):
-        os.makedirs(os.path.join(voc, sub), exist_ok=True)
-        for i in ids:
-            shutil.copy(os.path.join(src, sub, i + ext), os.path.join(voc, sub, i + ext))
-    lists = os.path.join(voc, 'ImageSets', 'Segmentation')
-    os.makedirs(lists, exist_ok=True)
-    for name, chosen in (('train', ids[:num_train]), ('trainval', ids[:num_train]), ('val', ids[num_train:])):
-        with open(os.path.join(lists, name + '.txt'), 'w') as f:
-            f.write('\n'.join(chosen) + '\n')
-    return str(dest)
+train = load_script('train.py')
 
 
 @pytest.fixture
@@ -102,9 +82,8 @@ def test_two_iterations_write_the_run_directory(voc_root, tmp_path, capsys):
         np.testing.assert_array_equal(param.data().asnumpy(), saved[key])
 
     # test.py (val mode, single scale) on the trained checkpoint gives train.py's validation numbers
-    import runpy
-    test_script = runpy.run_path(os.path.join(ROOT, 'test.py'))
-    tested = test_script['main'](test_script['parse_args'](
+    test_script = load_script('test.py')
+    tested = test_script.main(test_script.parse_args(
         ['--dataset', 'pascal_voc', '--dataset-root', voc_root, '--model', 'deeplab', '--backbone', 'resnet_tiny',
          '--aux', '--no-cuda', '--resume', str(run / 'checkpoint.params'), '--split', 'val', '--mode', 'val',
          '--eval', '--base-size', '40', '--crop-size', '32', '--batch-size', '2', '--workers', '0',
