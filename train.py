@@ -58,6 +58,7 @@ class LoopConfig:
     ctx_list: list
     run_dir: str
     save: Callable                    # save(state, best=False): write a checkpoint of the run
+    epochs: int                       # train until this epoch count (--epochs)
     seed: int = 0
     dtype: str = 'float32'
     threaded: bool = False            # per-device forward/backward in threads: SyncBN waits for every device
@@ -253,7 +254,7 @@ def open_run_dir(args, new_history, writer=True):
 
 def loop_config(args, ctx_list, run_dir, net, trainer, workers):
     """The :class:`LoopConfig` of the flags; checkpoints go to ``run_dir`` with the flags in them."""
-    return LoopConfig(ctx_list=ctx_list, run_dir=run_dir, seed=args.seed, dtype=args.dtype,
+    return LoopConfig(ctx_list=ctx_list, run_dir=run_dir, epochs=args.epochs, seed=args.seed, dtype=args.dtype,
                       threaded=args.syncbn and len(ctx_list) > 1, log_interval=args.log_interval,
                       save_interval=args.save_interval, stop_at_iter=args.stop_at_iter, workers=workers,
                       grad_norm=args.grad_norm,
@@ -435,16 +436,15 @@ def end_epoch(net, trainer, state, stats, val_data, config):
     return record, metric
 
 
-def fit(net, trainer, state, train_data, val_data, args, config):
-    """Train from ``state`` until ``--epochs`` or the stop rule; returns the last epoch's record and the state."""
-    loss_fn = make_loss(args, net.aux_head is not None)
+def fit(net, loss_fn, trainer, state, train_data, val_data, config):
+    """Train from ``state`` until ``config.epochs`` or the stop rule; returns the last epoch's record and the state."""
     record, metric = {'epoch': state.epoch}, None
-    while state.epoch < args.epochs and not config.stop_requested(state):
+    while state.epoch < config.epochs and not config.stop_requested(state):
         stats = train_one_epoch(net, loss_fn, trainer, train_data, state, config)
         if stats['completed']:
             record, metric = end_epoch(net, trainer, state, stats, val_data, config)
     result = dict(record, iteration=state.iteration, global_step=state.global_step, best_mIoU=state.best_miou)
-    if state.epoch < args.epochs:
+    if state.epoch < config.epochs:
         logger.info(f'stopped at iteration {state.global_step} (--stop-at-iter); continue with '
                     f'--resume {config.run_dir}')
     elif metric is not None:
@@ -489,8 +489,8 @@ def main(args):
         result = validate(net, val_data, ctx_list, args.dtype, workers)
     else:
         logger.info(f'{len(train_set)} training images, {iters_per_epoch} iterations/epoch, devices {ctx_list}')
-        result = fit(net, trainer, state, train_data, val_data, args, loop_config(args, ctx_list, run_dir, net,
-                                                                                   trainer, workers))
+        config = loop_config(args, ctx_list, run_dir, net, trainer, workers)
+        result = fit(net, make_loss(args, net.aux_head is not None), trainer, state, train_data, val_data, config)
     return result
 
 
