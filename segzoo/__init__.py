@@ -2,14 +2,16 @@
 
 Data flow of ``train.py`` (each step lives in one module with a plain name)::
 
-    segzoo.data            get_segmentation_dataset(name, split, mode, root, transform, base_size, crop_size)
-      .transforms          joint image/mask augmentation per mode (train / val / testval / test)
-      .loader              DataLoader with per-worker seeding and errors that name the file
+    segzoo.data            get_segmentation_dataset(name, split, mode, root, transform, base_size, crop_size,
+                           transforms)
+      .transforms          joint (image, label, rng) transforms composed into GluonCV's and Composer's pipelines
+      .loader              DataLoader seeded per sample from (seed, epoch, index); errors name the file
     segzoo.model_zoo       get_model(name) / get_segmentation_model(model, dataset, backbone, aux)
       segzoo.models        backbone (dilated ResNetV1s) -> head (FCN / PSP / DeepLabV3 / V3+) -> Segmentor
     segzoo.loss            MixSoftmaxCrossEntropyLoss (+ optional dice)
-    segzoo.lr_scheduler    poly / cosine with linear warm-up, GluonCV's iteration maths
-    segzoo.checkpoint      atomic, resumable training state
+    segzoo.optimizer       make_optimizer: sgd, adam, sgdw (Composer's decoupled weight decay)
+    segzoo.lr_scheduler    poly / cosine with linear warm-up and a final fraction, GluonCV's or Composer's timing
+    segzoo.checkpoint      TrainState and the atomic, resumable checkpoint that saves it
     segzoo.utils.metrics   SegmentationMetric (pixAcc, mIoU, per-class IoU)
     segzoo.inference       single / multi-scale / flip / sliding-window prediction (test.py)
 """
