@@ -77,7 +77,7 @@ class LoopConfig:
         sums the workers'), by: the global batch (GluonCV), or the global number of devices (Composer: the mean over
         devices of per-device mean losses)."""
         per_worker = batch if self.grad_norm == 'gluoncv' else len(self.ctx_list)
-        return per_worker * self.workers.num_workers
+        return self.workers.step_batch_size(per_worker)      # x workers, unless Horovod averages them
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -205,7 +205,7 @@ def make_trainer(net, args, iters_per_epoch, kvstore):
     optimizer = make_optimizer(args.optimizer, args.lr, momentum=args.momentum, wd=args.weight_decay,
                                lr_scheduler=schedule, begin_num_update=args.start_epoch * iters_per_epoch,
                                multi_precision=args.dtype == 'float16')
-    return mx.gluon.Trainer(net.collect_params(), optimizer, **distributed.trainer_options(kvstore))
+    return distributed.make_trainer(net.collect_params(), optimizer, kvstore)
 
 
 def make_loss(args, aux):
@@ -471,7 +471,7 @@ def main(args):
     state_file = ckpt.find_state(args.resume) if args.resume else None
     workers = distributed.Workers(args.kvstore)       # first: only rank 0 writes the run directory
     run_dir = open_run_dir(args, new_history=state_file is None and not args.eval, writer=workers.is_writer)
-    ctx_list = cli.get_contexts(args)
+    ctx_list = workers.contexts(cli.get_contexts(args))
     if not args.eval:
         check_engine_threads(ctx_list, args.syncbn)
     train_set, val_set = get_datasets(args)

@@ -17,19 +17,36 @@ train.py goes through these functions:
 * :func:`device_seed` gives each device a dropout seed from (seed, step, global device index), so the masks do not
   depend on how the devices are spread over processes.
 
+``--kvstore horovod`` (Horovod built with MXNet, started by ``horovodrun``; one device per process) gives the same
+semantics: :func:`make_trainer` builds ``hvd.DistributedTrainer``, which averages the gradients (so the step takes
+the local batch), :func:`init_trainer` broadcasts rank 0's weights, and :class:`Reducer` sums with Horovod's
+allreduce.
+
 Without a dist kvstore every function reduces to the single-process behaviour (rank 0 of 1).
 """
 import contextlib
+import importlib
 
 import mxnet as mx
 import numpy as np
 
-__all__ = ['create_kvstore', 'is_distributed', 'rank_and_size', 'trainer_options', 'init_trainer',
+__all__ = ['create_kvstore', 'is_distributed', 'rank_and_size', 'trainer_options', 'make_trainer', 'init_trainer',
            'step_batch_size', 'worker_share', 'shard_indices', 'device_seed', 'Reducer', 'averaged_bn_stats',
            'DatasetShard', 'Workers', 'BN_STATS']
 
 BN_STATS = '.*running_mean|.*running_var'
 REDUCE_KEY_BASE = 1 << 30        # far above the Trainer's keys (one per parameter, counted from 0)
+HOROVOD = 'horovod'
+
+
+def _horovod():
+    """``horovod.mxnet``, or exit saying how to get it."""
+    try:
+        return importlib.import_module('horovod.mxnet')
+    except ImportError as err:
+        raise SystemExit(f'error: --kvstore horovod needs Horovod built with MXNet ({err}); build it with '
+                         'HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 pip install horovod '
+                         '(README: Training on several machines)') from err
 
 
 def create_kvstore(name):
@@ -38,6 +55,9 @@ def create_kvstore(name):
     Asynchronous updates need ``update_on_kvstore=True``, under which the servers ignore ``lr_mult``/``wd_mult``
     and cannot run ``sgdw``, so ``dist_async`` is refused.
     """
+    if name == HOROVOD:
+        _horovod().init()
+        return name
     if not name or 'dist' not in name.lower():
         return name
     if '_async' in name.lower():
@@ -51,12 +71,15 @@ def create_kvstore(name):
 
 
 def is_distributed(kvstore):
-    """Whether ``kvstore`` is a multi-process (ps-lite) kvstore."""
-    return isinstance(kvstore, mx.kvstore.KVStore) and 'dist' in kvstore.type
+    """Whether ``kvstore`` is multi-process: a ps-lite kvstore, or ``'horovod'``."""
+    return kvstore == HOROVOD or isinstance(kvstore, mx.kvstore.KVStore) and 'dist' in kvstore.type
 
 
 def rank_and_size(kvstore):
     """``(rank, num_workers)``; ``(0, 1)`` without a dist kvstore."""
+    if kvstore == HOROVOD:
+        hvd = _horovod()
+        return hvd.rank(), hvd.size()
     if is_distributed(kvstore):
         return kvstore.rank, kvstore.num_workers
     return 0, 1
@@ -67,6 +90,14 @@ def trainer_options(kvstore):
     if is_distributed(kvstore):
         return {'kvstore': kvstore, 'update_on_kvstore': False}
     return {'kvstore': kvstore}
+
+
+def make_trainer(params, optimizer, kvstore):
+    """The ``gluon.Trainer`` for ``kvstore`` (see :func:`trainer_options`); ``hvd.DistributedTrainer`` for
+    ``'horovod'``."""
+    if kvstore == HOROVOD:
+        return _horovod().DistributedTrainer(params, optimizer)
+    return mx.gluon.Trainer(params, optimizer, **trainer_options(kvstore))
 
 
 def init_trainer(trainer):
@@ -85,6 +116,10 @@ def init_trainer(trainer):
             return
         raise ValueError(f'parameters {deferred[:3]} are not initialised yet (deferred shapes); run one forward '
                          'pass before init_trainer')
+    if type(trainer).__module__.startswith('horovod'):
+        _horovod().broadcast_parameters({p.name: p for p in trainer._params}, root_rank=0)
+        mx.nd.waitall()
+        return
     if not trainer._kv_initialized:
         trainer._init_kvstore()
     if trainer._params_to_init:
@@ -95,7 +130,10 @@ def init_trainer(trainer):
 
 
 def step_batch_size(local_batch_size, kvstore):
-    """The ``trainer.step`` batch size: the global batch, as the servers sum the workers' gradients."""
+    """The ``trainer.step`` batch size: the global batch, as the servers sum the workers' gradients (Horovod's
+    trainer averages them: the local batch)."""
+    if kvstore == HOROVOD:
+        return local_batch_size
     return local_batch_size * rank_and_size(kvstore)[1]
 
 
@@ -151,6 +189,9 @@ class Reducer:
         if self.kvstore is None:
             return array.copy()
         value = mx.nd.array(array.reshape(-1), dtype='float64')
+        if self.kvstore == HOROVOD:
+            out = _horovod().allreduce(value, average=False, name=f'segzoo.sum.{name}')
+            return out.asnumpy().reshape(array.shape)
         slot = (id(self.kvstore), name)
         if slot not in self._keys:
             self._keys[slot] = REDUCE_KEY_BASE + len(self._keys)
@@ -250,6 +291,19 @@ class Workers:
     def is_writer(self):
         """Only rank 0 writes checkpoints, logs and curves."""
         return self.rank == 0
+
+    def contexts(self, ctx_list):
+        """The devices of this worker: with Horovod one per process, GPU ``local_rank`` on GPU machines."""
+        if self.kvstore != HOROVOD:
+            return ctx_list
+        if len(ctx_list) > 1 and ctx_list[0].device_type == 'cpu':
+            raise SystemExit(f'error: --kvstore horovod runs one device per process, not {len(ctx_list)} (--ngpus); '
+                             'start more processes with horovodrun -np instead')
+        return [mx.gpu(_horovod().local_rank())] if ctx_list[0].device_type == 'gpu' else ctx_list
+
+    def step_batch_size(self, local_batch_size):
+        """What ``trainer.step`` gets for this worker's ``local_batch_size`` (see :func:`step_batch_size`)."""
+        return step_batch_size(local_batch_size, self.kvstore)
 
     def batch_share(self, batch_size, num_devices):
         """``(start, stop)`` of this worker's share of every global batch (see :func:`worker_share`)."""

@@ -165,3 +165,13 @@ def test_train_py_refuses_dist_async_before_creating_the_run_directory(tmp_path)
     with pytest.raises(SystemExit, match='--kvstore dist_async: asynchronous training is not supported'):
         train.main(train.parse_args(['--kvstore', 'dist_async', '--save-dir', str(tmp_path / 'run'), '--no-cuda']))
     assert not (tmp_path / 'run').exists()
+
+
+def test_horovod_without_horovod_says_how_to_get_it():
+    try:
+        import horovod.mxnet  # noqa: F401
+        pytest.skip('horovod is installed')
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit, match='--kvstore horovod needs Horovod built with MXNet'):
+        dist.Workers('horovod')

@@ -224,6 +224,22 @@ def test_hosts_file_and_plan(tmp_path):
         launch.parse_args(['-n', '2', '--launcher', 'ssh', '--', 'python', 'x.py'])   # no --hosts
 
 
+def _train_params(run_dir):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(run_dir / 'checkpoint.params')).items()}
+
+
+def _last_record(run_dir):
+    with open(run_dir / 'metrics.jsonl') as f:
+        return [json.loads(line) for line in f][-1]
+
+
+def _train_single(save_dir):
+    """train.py on 2 CPU devices: the reference of the multi-process runs."""
+    single = subprocess.run([sys.executable, *_train_argv(save_dir, '--ngpus', '2')], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert single.returncode == 0, single.stdout
+
+
 def _train_argv(save_dir, *extra):
     return [os.path.join(ROOT, 'train.py'), '--dataset', 'pascal_voc', '--dataset-root', SAMPLE_VOC,
             '--train-split', 'train_official', '--model', 'deeplab', '--backbone', 'resnet_tiny', '--aux',
@@ -252,17 +268,45 @@ def test_two_dist_sync_workers_equal_one_process_with_two_devices(tmp_path):
         assert any(line.startswith('[worker 0]') and 'run directory' in line for line in out.splitlines())
         assert not any('run directory' in line for line in worker1)
     assert 'resumed' in out and 'iteration 3' in out
-    single = subprocess.run([sys.executable, *_train_argv(tmp_path / 'single', '--ngpus', '2')], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert single.returncode == 0, single.stdout
-    a = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'single' / 'checkpoint.params')).items()}
-    b = {k: v.asnumpy() for k, v in mx.nd.load(str(dist_dir / 'checkpoint.params')).items()}
+    _train_single(tmp_path / 'single')
+    a, b = _train_params(tmp_path / 'single'), _train_params(dist_dir)
     assert sorted(a) == sorted(b) and any('running_mean' in k for k in a)
     for key in a:
         assert abs(a[key] - b[key]).max() <= (1e-5 if 'running' in key else 1e-6), key
-    records = []
-    for run in (tmp_path / 'single', dist_dir):
-        with open(run / 'metrics.jsonl') as f:
-            records.append([json.loads(line) for line in f][-1])
+    single_record, dist_record = _last_record(tmp_path / 'single'), _last_record(dist_dir)
     for key in ('pixAcc', 'mIoU'):
-        assert records[1][key] == pytest.approx(records[0][key], abs=1e-9)
+        assert dist_record[key] == pytest.approx(single_record[key], abs=1e-9)
+
+
+def _has_horovod():
+    try:
+        import horovod.mxnet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_horovod(), reason='horovod with MXNet is not installed (see the README)')
+def test_two_horovod_workers_equal_one_process_with_two_devices(tmp_path):
+    """horovodrun --gloo with 2 CPU workers (--kvstore horovod) against train.py on 2 CPU devices, as above.
+    Measured: weights, BN statistics, loss and metrics equal bit for bit; asserted within 1e-6 / 1e-9."""
+    mark = uuid.uuid4().hex
+    horovodrun = [sys.executable, '-m', 'horovod.runner.launch', '--gloo', '-np', '2', '-H', 'localhost:2']
+    try:
+        job = subprocess.run([*horovodrun, sys.executable, *_train_argv(tmp_path / 'hvd', '--kvstore', 'horovod')],
+                             cwd=ROOT, env=dict(os.environ, SEGZOO_TEST_MARK=mark, PYTHONPATH=ROOT),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    finally:
+        time.sleep(0.2)
+        _assert_nothing_left(mark)
+    assert job.returncode == 0, job.stdout
+    _train_single(tmp_path / 'single')
+    a, b = _train_params(tmp_path / 'single'), _train_params(tmp_path / 'hvd')
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert abs(a[key] - b[key]).max() <= 1e-6, key
+    single_record, hvd_record = _last_record(tmp_path / 'single'), _last_record(tmp_path / 'hvd')
+    for key in ('loss', 'pixAcc', 'mIoU'):
+        assert hvd_record[key] == pytest.approx(single_record[key], abs=1e-9)
