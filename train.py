@@ -41,7 +41,7 @@ from segzoo.utils import runlock
 from segzoo.utils.parallel import check_engine_threads, parallel_apply, split_batch
 
 DEFAULT_TRAIN_SPLIT = {'pascal_aug': 'train_aug'}
-# Flags a full-state resume must repeat: they define the lr schedule the saved trainer state is part of.
+# Flags a full-state resume must repeat: the lr schedule the saved trainer state continues, and the update.
 SCHEDULE_ARGS = ('lr', 'lr_scheduler', 'power', 'alpha_f', 'lr_timing', 'warmup_epochs', 'epochs', 'batch_size',
                  'optimizer', 'grad_norm')
 GRAD_NORMS = ('gluoncv', 'composer')
@@ -65,7 +65,7 @@ class LoopConfig:
     log_interval: int = 20
     save_interval: int = 0            # also checkpoint every N steps (0: at the end of each epoch only)
     stop_at_iter: Optional[int] = None
-    grad_norm: str = 'gluoncv'
+    grad_norm: str = 'gluoncv'        # --grad-norm, see step_divisor
     workers: distributed.Workers = dataclasses.field(default_factory=lambda: distributed.Workers(None))
 
     def stop_requested(self, state):
