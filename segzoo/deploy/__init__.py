@@ -72,10 +72,11 @@ def _context(net):
     return params[0].list_ctx()[0] if params and params[0]._data is not None else mx.cpu()
 
 
-def to_symbol(net, outputs='main'):
+def to_symbol(net, outputs='main', trace_shape=None):
     """``(symbol, arg_params, aux_params)`` of a HybridBlock or DeployedNet; ``outputs='main'`` keeps output 0.
 
-    The block is hybridized and run once on a zero ``(1, 3, TRACE_SIZE, TRACE_SIZE)`` input, then exported.
+    The block is hybridized and run once on a zero input of `trace_shape` (default
+    ``(1, 3, TRACE_SIZE, TRACE_SIZE)``), then exported.
     """
     if isinstance(net, DeployedNet):
         return net.symbol, dict(net.arg_params), dict(net.aux_params)
@@ -84,7 +85,7 @@ def to_symbol(net, outputs='main'):
     with tempfile.TemporaryDirectory() as tmp:
         prefix = os.path.join(tmp, 'net')
         net.hybridize()
-        net(mx.nd.zeros((1, 3, TRACE_SIZE, TRACE_SIZE), ctx=_context(net)))  # export needs one forward
+        net(mx.nd.zeros(trace_shape or (1, 3, TRACE_SIZE, TRACE_SIZE), ctx=_context(net)))  # export needs a call
         net.export(prefix, epoch=0, remove_amp_cast=False)
         sym, arg_params, aux_params = mx.model.load_checkpoint(prefix, 0)
     if outputs == 'main' and len(sym.list_outputs()) > 1:
@@ -265,7 +266,8 @@ def quantize(net, calib_data, calib_mode='naive', num_calib_batches=None, exclud
                          'normalised images, which are negative)')
     batches = calibration_batches(calib_data, num_calib_batches)
     from mxnet.contrib.quantization import quantize_net_v2
-    sym, arg_params, aux_params = to_symbol(net)
+    trace_shape = (1,) + tuple(batches[0].shape[1:])
+    sym, arg_params, aux_params = to_symbol(net, trace_shape=trace_shape)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         fp32 = SymbolBlock(sym, mx.sym.var('data'))
@@ -276,7 +278,7 @@ def quantize(net, calib_data, calib_mode='naive', num_calib_batches=None, exclud
                            exclude_operators=list(exclude_operators or []), calib_data=calib_iter,
                            calib_mode=calib_mode, num_calib_examples=data.shape[0], ctx=mx.cpu(),
                            logger=logger or logging.getLogger('segzoo.deploy'))
-    qsym, qarg, qaux = to_symbol(qnet, outputs='all')
+    qsym, qarg, qaux = to_symbol(qnet, outputs='all', trace_shape=trace_shape)
     meta = dict(calib_mode=calib_mode, num_calib_examples=int(data.shape[0]),
                 calib_shape=list(batches[0].shape[1:]), quantized_dtype=quantized_dtype,
                 exclude=list(exclude or []), exclude_operators=list(exclude_operators or []))
