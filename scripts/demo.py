@@ -1,0 +1,111 @@
+"""Segment one image: write a palette mask and an overlay, and print the classes found.
+
+Examples::
+
+    python scripts/demo.py photo.jpg --model-zoo deeplab_resnet101_voc --out results/photo
+    python scripts/demo.py photo.jpg --model deeplab --backbone resnet101 --dataset pascal_voc \\
+        --resume runs/pascal_voc/deeplab/res101/checkpoint.params --no-cuda
+    python scripts/demo.py photo.jpg --model-zoo psp_resnet101_ade --scales 0.75 1.0 1.25 --flip
+
+Writes ``<out>_mask.png`` (class ids with the dataset's palette) and ``<out>_overlay.png`` (mask blended over the
+photograph). With ``--scales``/``--flip`` the prediction uses GluonCV's multi-scale evaluation
+(``segzoo.inference.predict``) with softmax fusion; by default the network runs once on the whole image.
+"""
+import os
+
+import mxnet as mx
+import numpy as np
+from PIL import Image
+
+from segzoo import cli
+from segzoo.data import DATASETS
+from segzoo.data.transforms import ImageNormalize
+from segzoo.deploy import flags as deploy_flags
+from segzoo.inference import predict
+from segzoo.model_zoo import model_dataset
+from segzoo.utils.viz import save_prediction
+
+# zoo-name suffix -> dataset whose classes and palette the model uses
+def parse_args(argv=None):
+    """Parse the demo's command line (``argv=None`` reads ``sys.argv``)."""
+    parser = cli.base_parser('Segment one image with a segzoo / GluonCV model.')
+    parser.add_argument('image', help='input image (any format PIL reads)')
+    parser.add_argument('--out', type=str, default=None,
+                        help='output prefix: writes <out>_mask.png and <out>_overlay.png '
+                             '(default: the image name in the current folder)')
+    parser.add_argument('--alpha', type=float, default=0.5, help='weight of the mask colours in the overlay')
+    parser.add_argument('--scales', type=float, nargs='+', default=[1.0],
+                        help='multi-scale evaluation: scales of --base-size (default: one pass on the whole image)')
+    parser.add_argument('--flip', action='store_true', help='add horizontally flipped passes')
+    cli.add_model_args(parser)
+    cli.add_data_args(parser, default_dataset='pascal_voc')
+    cli.add_device_args(parser)
+    deploy_flags.add_precision_args(parser, calibration=False)   # int8: ranges calibrated on the image itself
+    parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
+    args = parser.parse_args(argv)
+    deploy_flags.check_precision_args(parser, args)
+    if args.model_zoo:
+        try:
+            args.dataset = model_dataset(args.model_zoo)    # the classes the zoo model predicts
+        except ValueError as err:
+            parser.error(f'--model-zoo: {err}')
+    if not cli.has_weights(args):
+        parser.error('no weights: pass --model-zoo NAME (published weights), --resume PATH or --pretrained')
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error(f'--alpha must be in [0, 1], got {args.alpha}')
+    return args
+
+
+def read_image(path):
+    """uint8 (H, W, 3) RGB array of an image file; a clear error names an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert('RGB'))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f'error: cannot read image {path!r}: {err}') from err
+
+
+def segment(net, rgb, ctx, scales=(1.0,), flip=False, base_size=None, crop_size=None):
+    """Class ids (H, W) int64 of a uint8 RGB image.
+
+    One forward pass on the whole image by default; with more scales or ``flip``, GluonCV's multi-scale protocol
+    at ``base_size``/``crop_size`` with softmax fusion.
+    """
+    image = mx.nd.array(ImageNormalize()(rgb), ctx=ctx)
+    if list(scales) == [1.0] and not flip:
+        scores = predict(net, image, fusion='softmax')
+    else:
+        scores = predict(net, image, base_size=base_size, crop_size=crop_size, scales=tuple(scales), flip=flip,
+                         fusion='softmax')
+    return scores.argmax(axis=0).asnumpy().astype(np.int64)
+
+
+def class_shares(pred, class_names):
+    """``[(class name, share of pixels)]`` of the classes present, largest first."""
+    counts = np.bincount(pred.ravel(), minlength=len(class_names))
+    order = np.argsort(-counts, kind='stable')
+    return [(class_names[i], counts[i] / pred.size) for i in order if counts[i] > 0]
+
+
+def main(args):
+    """Run the demo; returns ``{'mask': path, 'overlay': path, 'classes': {name: share}}``."""
+    ctx_list = cli.get_contexts(args)[:1]
+    rgb = read_image(args.image)
+    classes = DATASETS[args.dataset].CLASSES
+    net = cli.load_eval_model(args, ctx_list, len(classes))
+    net = deploy_flags.prepare_network(net, args, lambda: [mx.nd.array(ImageNormalize()(rgb)).expand_dims(0)])
+    net.hybridize()
+    pred = segment(net, rgb, ctx_list[0], args.scales, args.flip, args.base_size or net.base_size,
+                   args.crop_size or net.crop_size)
+    prefix = args.out or os.path.splitext(os.path.basename(args.image))[0]
+    mask_path, overlay_path = save_prediction(prefix, rgb, pred, args.dataset, args.alpha)
+    shares = class_shares(pred, classes)
+    print(f'{args.image}: {rgb.shape[1]}x{rgb.shape[0]} pixels')
+    for name, share in shares:
+        print(f'  {name:<16} {100 * share:6.2f} %')
+    print(f'wrote {mask_path} and {overlay_path}')
+    return {'mask': mask_path, 'overlay': overlay_path, 'classes': dict(shares)}
+
+
+if __name__ == '__main__':
+    cli.run(main, parse_args)
