@@ -32,23 +32,20 @@ MODES = ('constant', 'linear', 'poly', 'cosine')
 TIMINGS = ('gluoncv', 'composer')
 
 
-class IterationScheduler(_mx_lr_scheduler.LRScheduler):
-    """One phase of a schedule, indexed by the optimizer's update count.
+def _decay_shape(mode, ratio, power):
+    """Fraction of the decay still left at ``ratio`` of a phase (0: its start, 1: its end)."""
+    if mode == 'constant':
+        return 1.0
+    if mode == 'linear':
+        return 1.0 - ratio
+    if mode == 'poly':
+        return (1.0 - ratio) ** power
+    return (1.0 + cos(pi * ratio)) / 2.0
 
-    Parameters
-    ----------
-    mode : {'constant', 'linear', 'poly', 'cosine'}
-    start_lr : float
-        Rate at the first iteration of the phase.
-    end_lr : float
-        Rate reached at the phase's last iteration (ignored for 'constant').
-    niters : int
-        Length of the phase in iterations.
-    offset : int
-        Update count at which the phase starts (set by :class:`SequentialScheduler`).
-    power : float
-        Exponent of the poly decay.
-    """
+
+class IterationScheduler(_mx_lr_scheduler.LRScheduler):
+    """One phase of ``niters`` updates from ``start_lr`` to ``end_lr`` (``mode`` of :data:`MODES`), starting at
+    update count ``offset`` (set by :class:`SequentialScheduler`); ``power`` is the poly exponent."""
 
     def __init__(self, mode, start_lr, end_lr=0.0, niters=1, offset=0, power=0.9):
         super().__init__(base_lr=start_lr)
@@ -67,30 +64,16 @@ class IterationScheduler(_mx_lr_scheduler.LRScheduler):
         """Fraction of ``start_lr - end_lr`` still left at update ``num_update``."""
         last = self.niters - 1
         t = min(max(num_update - self.offset, 0), max(last, 0))
-        ratio = t / last if last > 0 else 0.0
-        if self.mode == 'constant':
-            return 1.0
-        if self.mode == 'linear':
-            return 1.0 - ratio
-        if self.mode == 'poly':
-            return (1.0 - ratio) ** self.power
-        return (1.0 + cos(pi * ratio)) / 2.0
+        return _decay_shape(self.mode, t / last if last > 0 else 0.0, self.power)
 
     def __call__(self, num_update):
         return self.end_lr + (self.start_lr - self.end_lr) * self.factor(num_update)
 
 
 class SequentialScheduler(_mx_lr_scheduler.LRScheduler):
-    """Phases run one after another (e.g. linear warm-up, then poly decay).
-
-    Parameters
-    ----------
-    phases : list of IterationScheduler
-        Their ``offset`` is overwritten with the cumulative length of the phases before them.
-    base_lr : float, optional
-        The peak learning rate (what ``mx.optimizer.Optimizer`` compares with its ``learning_rate``); default: the
-        start of the last phase.
-    """
+    """``phases`` (IterationScheduler) one after another, e.g. linear warm-up then poly decay; their ``offset`` is
+    overwritten. ``base_lr`` is the peak rate (what ``mx.optimizer.Optimizer`` compares with its ``learning_rate``;
+    default: the start of the last phase)."""
 
     def __init__(self, phases, base_lr=None):
         if not phases:
@@ -133,35 +116,16 @@ class ComposerScheduler(_mx_lr_scheduler.LRScheduler):
         if t < self.warmup:
             return self.lr * t / self.warmup
         tau = min(max((t - self.warmup) / max(self.total - self.warmup, 1), 0.0), 1.0)
-        shape = {'constant': 1.0, 'linear': 1.0 - tau, 'poly': (1.0 - tau) ** self.power,
-                 'cosine': (1.0 + cos(pi * tau)) / 2.0}[self.mode]
-        return self.lr * (self.alpha_f + (1.0 - self.alpha_f) * shape)
+        return self.lr * (self.alpha_f + (1.0 - self.alpha_f) * _decay_shape(self.mode, tau, self.power))
 
 
 def get_lr_scheduler(mode, lr, epochs, iters_per_epoch, warmup_epochs=0, power=0.9, alpha_f=0.0, timing='gluoncv'):
-    """GluonCV train.py's schedule: linear warm-up 0 -> ``lr``, then ``mode`` decay ``lr`` -> ``alpha_f * lr``.
+    """GluonCV train.py's schedule: linear warm-up 0 -> ``lr`` over ``warmup_epochs``, then ``mode`` decay ``lr`` ->
+    ``alpha_f * lr`` until ``epochs`` (warm-up included), with GluonCV's or Composer's ``timing``.
 
-    Parameters
-    ----------
-    mode : {'poly', 'cosine', 'linear', 'constant'}
-    lr : float
-        Peak (base) learning rate, before any per-parameter ``lr_mult``.
-    epochs : int
-        Total epochs, warm-up included.
-    iters_per_epoch : int
-        Optimizer steps per epoch.
-    warmup_epochs : int
-    power : float
-        Poly exponent (0.9 in every GluonCV recipe).
-    alpha_f : float
-        Final rate as a fraction of ``lr`` (Composer's typical ADE20K recipe: 0.01).
-    timing : {'gluoncv', 'composer'}
-        Whose iteration maths (see the module docstring).
-
-    Returns
-    -------
-    SequentialScheduler or ComposerScheduler
-        Callable ``num_update -> lr``, for ``mx.optimizer.Optimizer(lr_scheduler=...)``.
+    ``lr`` is the peak rate before any ``lr_mult``; ``power`` the poly exponent (0.9 in every GluonCV recipe);
+    ``alpha_f`` 0.01 in Composer's typical ADE20K recipe. Returns a callable ``num_update -> lr`` for
+    ``mx.optimizer.Optimizer(lr_scheduler=...)``.
     """
     if warmup_epochs > epochs:
         raise ValueError(f'--warmup-epochs {warmup_epochs} exceeds --epochs {epochs}')
