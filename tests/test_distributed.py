@@ -2,13 +2,10 @@
 
 The multi-process behaviour (sums, BN averaging, trainer set-up) runs for real in tests/test_launch.py.
 """
-import importlib
-import os
-import sys
-
 import mxnet as mx
 import numpy as np
 import pytest
+from helpers import load_script
 from mxnet import gluon
 
 from segzoo import distributed as dist
@@ -160,8 +157,7 @@ def test_loader_shards_are_the_workers_parts_of_every_global_batch():
 
 
 def test_train_py_refuses_dist_async_before_creating_the_run_directory(tmp_path):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    train = importlib.import_module('train')      # the script at the repository root
+    train = load_script('train.py')
     with pytest.raises(SystemExit, match='--kvstore dist_async: asynchronous training is not supported'):
         train.main(train.parse_args(['--kvstore', 'dist_async', '--save-dir', str(tmp_path / 'run'), '--no-cuda']))
     assert not (tmp_path / 'run').exists()

@@ -15,10 +15,9 @@ import uuid
 
 import mxnet as mx
 import pytest
+from helpers import ROOT
 
 from segzoo import launch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 3 dist_sync steps of a Dense layer with sgdw and a frozen bias (lr_mult = wd_mult = 0) must equal one process on
 # the union batch (the oracle, computed by each worker itself), sums over workers (confusion matrices too) must be

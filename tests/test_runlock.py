@@ -1,6 +1,5 @@
 """segzoo.utils.runlock: a live run directory is refused naming its PID; a dead holder's lock is taken over."""
 import errno
-import importlib
 import json
 import os
 import signal
@@ -10,10 +9,9 @@ import sys
 import textwrap
 
 import pytest
+from helpers import load_script
 
 from segzoo.utils import runlock
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLDER = textwrap.dedent('''
     import sys, time
@@ -129,8 +127,7 @@ def test_lock_held_by_a_leftover_child_of_a_dead_run_says_so(tmp_path):
 
 def test_train_py_refuses_a_live_run_directory_before_writing(holder):
     proc, run_dir = holder
-    sys.path.insert(0, ROOT)
-    train = importlib.import_module('train')      # the script at the repository root
+    train = load_script('train.py')
     with pytest.raises(SystemExit, match=f'is in use by PID {proc.pid}'):
         train.main(train.parse_args(['--save-dir', run_dir, '--no-cuda']))
     assert sorted(os.listdir(run_dir)) == [runlock.LOCK_NAME]
