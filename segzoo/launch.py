@@ -276,7 +276,14 @@ class Job:
         return not self.alive()
 
     def stop(self, grace, first=signal.SIGTERM):
-        """Stop every process group: ``first``, then SIGTERM and SIGKILL, ``grace`` seconds apart."""
+        """Stop every process group: ``first``, then SIGTERM and SIGKILL, ``grace`` seconds apart. Closing the ssh
+        processes' stdin first makes each remote command's watchdog kill it, whatever becomes of ssh."""
+        for _, proc, _, _ in self._procs:
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
         for sig in dict.fromkeys((first, signal.SIGTERM)):
             self.signal_all(sig)
             if self.wait_all(grace):

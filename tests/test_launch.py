@@ -206,6 +206,29 @@ def test_ssh_launcher_runs_nodes_through_the_ssh_command(tmp_path):
     assert f'[worker 1 node-a] worker 2 {ROOT}' in out
 
 
+@pytest.mark.dist
+def test_ssh_remote_processes_are_stopped_when_the_job_fails(tmp_path):
+    """The fake ssh runs each remote command in its own session, as a remote host would: only the remote watchdog
+    (EOF on the ssh channel) can stop it."""
+    fake_ssh = tmp_path / 'fake_ssh'
+    fake_ssh.write_text(f'#!{sys.executable}\nimport os, subprocess, sys\n'
+                        'env = dict(os.environ, FAKE_HOST=sys.argv[-2])\n'
+                        'remote = subprocess.Popen(["sh", "-c", sys.argv[-1]], env=env, start_new_session=True)\n'
+                        'sys.exit(remote.wait())\n')
+    fake_ssh.chmod(0o755)
+    hosts = tmp_path / 'hosts'
+    hosts.write_text('node-a\nnode-b\n')
+    # server 0 and worker 1 on node-a wait for ever; worker 0 on node-b fails
+    worker = ('import os, sys, time\nif os.environ["FAKE_HOST"] == "node-b":\n    sys.exit(5)\n'
+              'print("waiting", flush=True)\ntime.sleep(120)')
+    code, out, seconds = _run(['-n', '2', '-s', '1', '--launcher', 'ssh', '--hosts', str(hosts), '--ssh',
+                               str(fake_ssh), '--scheduler-host', '127.0.0.1', '--grace', '1', '--',
+                               sys.executable, '-c', worker])
+    assert code == 5, out
+    assert 'worker 0 node-b exited with status 5' in out
+    assert seconds < 30
+
+
 def test_hosts_file_and_plan(tmp_path):
     hosts = tmp_path / 'hosts'
     hosts.write_text('10.0.0.1\n\n# comment\n10.0.0.2:2200\n')
