@@ -79,7 +79,7 @@ def to_symbol(net, outputs='main', trace_shape=None):
     ``(1, 3, TRACE_SIZE, TRACE_SIZE)``), then exported.
     """
     if isinstance(net, DeployedNet):
-        return net.symbol, dict(net.arg_params), dict(net.aux_params)
+        return (net.symbol,) + net.param_values()
     if not isinstance(net, HybridBlock):
         raise TypeError(f'expected a HybridBlock, got {type(net).__name__}')
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +128,7 @@ class DeployedNet(SymbolBlock):
             warnings.simplefilter('ignore', UserWarning)
             super().__init__(symbol, mx.sym.var('data'))
         _load_values(self, arg_params, aux_params, ctx)
-        self.symbol, self.arg_params, self.aux_params = symbol, arg_params, aux_params
+        self.symbol = symbol
         self.precision, self.ctx, self.max_shapes = precision, ctx, max_shapes
         self.meta = dict(meta or {})
         self._by_shape = _ShapeCache()
@@ -162,6 +162,13 @@ class DeployedNet(SymbolBlock):
         if name in _SOURCE_ATTRS and name in self.__dict__.get('meta', {}):
             return self.meta[name]
         raise AttributeError(f"'DeployedNet' object has no attribute {name!r}")
+
+    def param_values(self):
+        """``(arg_params, aux_params)``: the graph's parameter values by name."""
+        aux_names = set(self.symbol.list_auxiliary_states())
+        values = {name: param.data() for name, param in self.collect_params().items()}
+        return ({k: v for k, v in values.items() if k not in aux_names},
+                {k: v for k, v in values.items() if k in aux_names})
 
     @property
     def num_shapes(self):
@@ -311,8 +318,9 @@ def save(net, prefix):
     folder = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(folder, exist_ok=True)
     net.symbol.save(f'{prefix}-symbol.json', remove_amp_cast=False)
-    arrays = {f'arg:{k}': v.as_in_context(mx.cpu()) for k, v in net.arg_params.items()}
-    arrays.update({f'aux:{k}': v.as_in_context(mx.cpu()) for k, v in net.aux_params.items()})
+    arg_params, aux_params = net.param_values()
+    arrays = {f'arg:{k}': v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
+    arrays.update({f'aux:{k}': v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
     mx.nd.save(f'{prefix}-0000.params', arrays)
     write_json(prefix + _META_SUFFIX, dict(net.meta, precision=net.precision, input='data',
                                            mxnet_version=mx.__version__))
