@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segzoo import cli
-from segzoo.data import NUM_CLASS, get_segmentation_dataset
+from segzoo.data import get_segmentation_dataset
 from segzoo.data.base import BASE_SIZE, CROP_SIZE
 from segzoo.data.loader import get_dataloader
 from segzoo.data.transforms import ImageNormalize
@@ -197,10 +197,10 @@ def prediction_path(out_dir, dataset, mode, image_name):
     return os.path.join(out_dir, 'predictions', stem)
 
 
-def save_prediction_png(pred, path, dataset):
+def save_prediction_png(pred, path, dataset, palette=None):
     """Palette PNG of class ids; for ADE20K the palette's +1 writes ``pred + pred_offset`` (ids 1..150)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    get_color_pallete(pred, dataset).save(path)
+    get_color_pallete(pred, dataset, palette).save(path)
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -214,6 +214,7 @@ def run_dataset(net, dataset, args, ctx_list):
     loader = get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_workers=args.workers,
                             seed=0, batchify='list')
     saved, index = 0, 0
+    palette = cli.dataset_palette(args) if args.save_pred else None
     start = time.time()
     bar = tqdm(loader, total=len(loader), desc='test', dynamic_ncols=True)
     for images, second in bar:
@@ -225,7 +226,8 @@ def run_dataset(net, dataset, args, ctx_list):
             bar.set_description(f'pixAcc {100 * pix_acc:.2f} mIoU {100 * miou:.2f}')
         if args.save_pred:
             for pred, name in zip(preds, names):
-                save_prediction_png(pred, prediction_path(args.out_dir, args.dataset, args.mode, name), args.dataset)
+                save_prediction_png(pred, prediction_path(args.out_dir, args.dataset, args.mode, name), args.dataset,
+                                    palette)
                 saved += 1
         index += len(preds)
     bar.close()
@@ -263,7 +265,7 @@ def main(args):
         write_json(os.path.join(args.out_dir, 'metrics.json'), record)
         return record
 
-    net = load_network(args, ctx_list, NUM_CLASS.get(args.dataset))
+    net = load_network(args, ctx_list, len(cli.dataset_classes(args)))
     if args.export and not args.eval:
         return {'export': args.export, 'precision': net.precision}
     args.base_size = args.base_size or getattr(net, 'base_size', BASE_SIZE)

@@ -66,6 +66,7 @@ class LoopConfig:
     save_interval: int = 0            # also checkpoint every N steps (0: at the end of each epoch only)
     stop_at_iter: Optional[int] = None
     grad_norm: str = 'gluoncv'        # --grad-norm, see step_divisor
+    present_only: bool = False        # --miou present: Composer's MIoU (classes with union 0 left out)
     workers: distributed.Workers = dataclasses.field(default_factory=lambda: distributed.Workers(None))
 
     def stop_requested(self, state):
@@ -84,7 +85,10 @@ class LoopConfig:
 def parse_args(argv=None):
     """Parse train.py's command line (GluonCV's flag names; ``argv=None`` reads ``sys.argv``)."""
     parser = cli.base_parser('Train a semantic segmentation network (segzoo, GluonCV-compatible flags).')
-    cli.add_model_args(parser)
+    model = cli.add_model_args(parser)
+    model.add_argument('--reset-classes', action='store_true',
+                       help='fine-tune to the dataset\'s classes: load every weight of --model-zoo / --resume FILE '
+                            'except the classifiers (main and aux), which start afresh for the new class count')
     cli.add_data_args(parser, default_dataset='pascal_aug')
     cli.add_device_args(parser)
     data = parser.add_argument_group('training data')
@@ -129,6 +133,9 @@ def parse_args(argv=None):
     run.add_argument('--stop-at-iter', type=int, default=None,
                      help='stop after this many iterations in total (checkpointed; continue with --resume RUN_DIR)')
     run.add_argument('--log-interval', type=int, default=20, help='iterations between loss syncs/log lines')
+    run.add_argument('--miou', type=str, default='all', choices=('all', 'present'),
+                     help="all: GluonCV's mean over every class; present: Composer's MIoU, the mean over the classes "
+                          "present in the labels or predictions (equal on a full validation set)")
     run.add_argument('--eval', action='store_true', help='only evaluate on the validation split')
     run.add_argument('--no-val', action='store_true', help='skip validation after each epoch')
     run.add_argument('--seed', type=int, default=0, help='seed of shuffling, augmentation and dropout')
@@ -146,6 +153,8 @@ def get_datasets(args):
     common = dict(transforms=args.augment, base_size=args.base_size, crop_size=args.crop_size)
     if args.dataset_root:
         common['root'] = args.dataset_root
+    cli.check_folder_dataset(args, [split for split, skipped in ((args.train_split, args.eval),
+                                                                 (args.val_split, args.no_val)) if not skipped])
     train_set = None if args.eval else get_segmentation_dataset(args.dataset, split=args.train_split,
                                                                 mode='train', **common)
     val_set = None if args.no_val else get_segmentation_dataset(args.dataset, split=args.val_split, mode='val',
@@ -179,7 +188,7 @@ def set_training_policy(net, head_lr_mult, no_wd):
 
 def build_network(args, ctx_list, num_classes, weights):
     """The network of the model flags (``weights``: a ``.params`` file or None), with the training policy set."""
-    net = cli.build_model(args, ctx_list, weights=weights)
+    net = cli.build_model(args, ctx_list, weights=weights, num_classes=num_classes)
     cli.check_num_classes(net, num_classes, args)
     if args.dtype == 'float16':
         net.cast('float16')
@@ -257,7 +266,7 @@ def loop_config(args, ctx_list, run_dir, net, trainer, workers):
     return LoopConfig(ctx_list=ctx_list, run_dir=run_dir, epochs=args.epochs, seed=args.seed, dtype=args.dtype,
                       threaded=args.syncbn and len(ctx_list) > 1, log_interval=args.log_interval,
                       save_interval=args.save_interval, stop_at_iter=args.stop_at_iter, workers=workers,
-                      grad_norm=args.grad_norm,
+                      grad_norm=args.grad_norm, present_only=args.miou == 'present',
                       save=functools.partial(_save, run_dir, net, trainer, vars(args), workers))
 
 
@@ -400,9 +409,10 @@ def train_one_epoch(net, loss_fn, trainer, loader, state, config):
             'completed': state.iteration >= num_batches}
 
 
-def evaluate(net, loader, ctx_list, num_classes, dtype='float32'):
-    """Single-scale validation over every image of ``loader``; returns the filled SegmentationMetric."""
-    metric = SegmentationMetric(num_classes)
+def evaluate(net, loader, ctx_list, num_classes, dtype='float32', present_only=False):
+    """Single-scale validation over every image of ``loader``; returns the filled SegmentationMetric
+    (``present_only``: Composer's MIoU)."""
+    metric = SegmentationMetric(num_classes, present_only=present_only)
     for image, label in loader:
         devices = ctx_list[:image.shape[0]]
         preds = [mx.nd.argmax(net(x.astype(dtype, copy=False))[0], axis=1).astype('int32')
@@ -418,10 +428,11 @@ def end_epoch(net, trainer, state, stats, val_data, config):
               'seconds': stats['seconds'], 'pixAcc': None, 'mIoU': None}
     metric, scores = None, ''
     if val_data is not None:
-        metric = config.workers.sum_metric(evaluate(net, val_data, config.ctx_list, net.num_classes, config.dtype))
+        metric = config.workers.sum_metric(evaluate(net, val_data, config.ctx_list, net.num_classes, config.dtype,
+                                                    config.present_only))
         pix_acc, miou = (float(v) for v in metric.get())
         record.update(pixAcc=pix_acc, mIoU=miou)
-        scores = f' | pixAcc {100 * pix_acc:.2f} mIoU {100 * miou:.2f}'
+        scores = f' | pixAcc {100 * pix_acc:.2f} {miou_name(metric)} {100 * miou:.2f}'
     improved = record['mIoU'] is not None and record['mIoU'] > state.best_miou
     if improved:
         state.best_miou = record['mIoU']
@@ -455,13 +466,18 @@ def fit(net, loss_fn, trainer, state, train_data, val_data, config):
     return result
 
 
-def validate(net, val_data, ctx_list, dtype, workers):
+def miou_name(metric):
+    """How the logs name the metric's mean IoU."""
+    return 'mIoU(present classes, Composer)' if metric.present_only else 'mIoU'
+
+
+def validate(net, val_data, ctx_list, dtype, workers, present_only=False):
     """``--eval``: one validation pass (summed over the workers), logged with the per-class IoU table; returns its
     metrics."""
-    metric = workers.sum_metric(evaluate(net, val_data, ctx_list, net.num_classes, dtype))
+    metric = workers.sum_metric(evaluate(net, val_data, ctx_list, net.num_classes, dtype, present_only))
     pix_acc, miou = (float(v) for v in metric.get())
     class_iou = metric.get_class_iou()
-    logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  mIoU {100 * miou:.2f}\nper-class IoU (%):\n'
+    logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  {miou_name(metric)} {100 * miou:.2f}\nper-class IoU (%):\n'
                 + class_iou_table(class_iou, val_data.dataset.CLASSES))
     return {'pixAcc': pix_acc, 'mIoU': miou, 'class_iou': class_iou.tolist()}
 
@@ -486,7 +502,7 @@ def main(args):
                                    [0 if train_set is None else len(train_set), iters_per_epoch, len(ctx_list)])
     distributed.init_trainer(trainer)       # weights broadcast before the first forward
     if args.eval:
-        result = validate(net, val_data, ctx_list, args.dtype, workers)
+        result = validate(net, val_data, ctx_list, args.dtype, workers, args.miou == 'present')
     else:
         logger.info(f'{len(train_set)} training images, {iters_per_epoch} iterations/epoch, devices {ctx_list}')
         config = loop_config(args, ctx_list, run_dir, net, trainer, workers)

@@ -23,12 +23,17 @@ import mxnet as mx
 
 from .data.base import BASE_SIZE, CROP_SIZE
 from .data.transforms import RECIPES
-from .model_zoo import get_model, get_segmentation_model
+from .data import DATASETS, NUM_CLASS, DatasetError
+from .data.folder import check_folder, folder_label_lut, read_classes, read_label, read_palette
+from .model_store import get_model_file
+from .model_zoo import get_model, get_segmentation_model, model_dataset
+from .utils.viz import class_palette
 from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
 __all__ = ['run', 'base_parser', 'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
-           'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes', 'method_name',
-           'build_model', 'run_dir', 'setup_logger']
+           'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes',
+           'check_folder_dataset', 'dataset_classes', 'dataset_palette', 'label_reader', 'load_weights_file',
+           'method_name', 'build_model', 'run_dir', 'setup_logger']
 
 
 def run(main, parse_args, argv=None):
@@ -78,9 +83,11 @@ def add_data_args(parser, default_dataset='pascal_aug'):
     """Add ``--dataset``, ``--dataset-root``, ``--workers``, ``--base-size``, ``--crop-size``."""
     group = parser.add_argument_group('data')
     group.add_argument('--dataset', type=str, default=default_dataset,
-                       help='pascal_voc, pascal_aug, coco, ade20k, citys')
+                       help='pascal_voc, pascal_aug, coco, ade20k, citys, or folder: your own data in '
+                            '--dataset-root')
     group.add_argument('--dataset-root', type=str, default=None,
-                       help="the dataset's root folder (default: the dataset's ~/.mxnet/datasets/ folder)")
+                       help="the dataset's root folder (default: the dataset's ~/.mxnet/datasets/ folder); for "
+                            "--dataset folder: DIR with classes.txt, images/<split>/, masks/<split>/")
     group.add_argument('--workers', type=int, default=16, help='DataLoader worker processes')
     group.add_argument('--base-size', type=int, default=BASE_SIZE, help='base image size')
     group.add_argument('--crop-size', type=int, default=CROP_SIZE, help='crop size')
@@ -160,7 +167,7 @@ def load_eval_model(args, ctx_list, num_classes=None, require_weights=True):
         raise SystemExit('error: no weights to evaluate: pass --resume PATH (a .params file), --model-zoo NAME '
                          '(published weights) or --pretrained')
     try:
-        net = build_model(args, ctx_list, weights=args.resume)
+        net = build_model(args, ctx_list, weights=args.resume, num_classes=num_classes)
     except ValueError as err:
         what = f'--model-zoo {args.model_zoo}' if args.model_zoo else \
             f'--model {args.model} --backbone {args.backbone} --dataset {args.dataset}'
@@ -173,9 +180,61 @@ def load_eval_model(args, ctx_list, num_classes=None, require_weights=True):
 def check_num_classes(net, num_classes, args):
     """Exit with a message naming the weights and the dataset when ``net`` predicts another number of classes."""
     if net.num_classes != num_classes:
-        source = args.resume or args.model_zoo or 'the model'
-        raise SystemExit(f'error: {source} predicts {net.num_classes} classes but --dataset {args.dataset} has '
-                         f'{num_classes}; use weights trained on {args.dataset} (or the matching --dataset)')
+        _class_count_error(args, args.resume or args.model_zoo or 'the model', net.num_classes, num_classes)
+
+
+def _class_count_error(args, source, predicted, num_classes):
+    if hasattr(args, 'reset_classes'):      # train.py
+        hint = 'add --reset-classes to load every other weight and train new classifiers for these classes'
+    else:
+        hint = f'use weights trained on {args.dataset} (or the matching --dataset)'
+    raise SystemExit(f'error: {source} predicts {predicted} classes but --dataset {args.dataset} has {num_classes}; '
+                     f'{hint}')
+
+
+def dataset_classes(args):
+    """Class names of ``--dataset``: the dataset's own, or ``classes.txt`` of ``--dataset folder``."""
+    if args.dataset not in DATASETS:
+        raise SystemExit(f'error: unknown --dataset {args.dataset!r}; valid names: {", ".join(DATASETS)}')
+    if args.dataset != 'folder':
+        return DATASETS[args.dataset].CLASSES
+    try:
+        return read_classes(args.dataset_root)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f'error: --dataset folder: {err}') from err
+
+
+def dataset_palette(args):
+    """Flat colour palette of ``--dataset folder`` (palette.txt or generated), None for the named datasets."""
+    if args.dataset != 'folder':
+        return None
+    try:
+        return class_palette(read_palette(args.dataset_root, len(dataset_classes(args))))
+    except DatasetError as err:
+        raise SystemExit(f'error: {err}') from err
+
+
+def label_reader(args):
+    """``read(path) -> int32 (H, W)`` training ids (-1 ignore) of a mask file in ``--dataset``'s encoding (index
+    PNGs; colour masks of ``--dataset folder`` through its palette.txt); errors name the file."""
+    if args.dataset == 'folder':
+        names = dataset_classes(args)
+        lut, colors = folder_label_lut(len(names)), read_palette(args.dataset_root, len(names))
+    else:
+        lut, colors = DATASETS[args.dataset].LABEL_LUT, None
+    return lambda path: read_label(path, lut, colors)
+
+
+def check_folder_dataset(args, splits):
+    """For ``--dataset folder``: the cheap check of `splits` (pairs, image headers, mask values and sizes);
+    exits listing every problem with its file, so bad data fails before training rather than mid-epoch."""
+    if args.dataset != 'folder':
+        return
+    dataset_classes(args)      # a clear error for a missing or bad classes.txt
+    report = check_folder(args.dataset_root, splits, decode_images=False)
+    if not report.ok:
+        raise SystemExit(f'error: --dataset-root {args.dataset_root} has problems (full report: python '
+                         f'scripts/datasets/folder.py {args.dataset_root}):\n' + report.format(problems_only=True))
 
 
 def method_name(args):
@@ -192,8 +251,12 @@ def run_dir(args):
     return os.path.join('runs', args.dataset, method_name(args), getattr(args, 'checkname', 'default'))
 
 
-def build_model(args, ctx_list, weights=None, dataset=None):
+def build_model(args, ctx_list, weights=None, dataset=None, num_classes=None):
     """Build the network named by the model flags, initialised on ``ctx_list``.
+
+    With ``num_classes`` (e.g. a folder dataset's), the network predicts that many classes; weights for another
+    count then exit with a one-line error, unless ``args.reset_classes`` (train.py ``--reset-classes``) loads
+    every other weight and leaves the classifiers (``Segmentor.classifier_keys``) freshly initialised.
 
     Parameters
     ----------
@@ -204,6 +267,8 @@ def build_model(args, ctx_list, weights=None, dataset=None):
         A ``.params`` file (GluonCV's or segzoo's ``checkpoint.params``) loaded strictly after construction.
     dataset : str or None
         Dataset deciding the class count for ``--model``; default ``args.dataset``.
+    num_classes : int or None
+        Class count of the network; default the dataset's (``--model``) or the zoo model's (``--model-zoo``).
 
     Returns
     -------
@@ -212,12 +277,21 @@ def build_model(args, ctx_list, weights=None, dataset=None):
     """
     norm_layer, norm_kwargs = get_norm_layer(args.syncbn, len(ctx_list))
     pretrained = resolve_pretrained(args)
+    reset = getattr(args, 'reset_classes', False)
+    if args.model_zoo and pretrained and not weights and (
+            reset or num_classes not in (None, NUM_CLASS[model_dataset(args.model_zoo)])):
+        weights = get_model_file(args.model_zoo, root=args.model_root)   # loaded below, classifiers aside
+        source = f'--model-zoo {args.model_zoo}'
+    else:
+        source = weights
     if weights:
         pretrained = False     # the file replaces every weight; skip the download
     # None lets the zoo decide: ImageNet weights when they exist and nothing else is loaded.
     pretrained_base = None if args.pretrained_base and not weights else False
     common = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs, pretrained_base=pretrained_base,
                   root=args.model_root, ctx=ctx_list)
+    if num_classes is not None:
+        common['num_classes'] = num_classes
     if args.model_zoo:
         # A zoo name keeps the zoo's structure (aux head included, as GluonCV's zoo and old train.py), so its
         # published weights always load; the loss follows the network (``net.aux_head``).
@@ -228,8 +302,25 @@ def build_model(args, ctx_list, weights=None, dataset=None):
     if weights:
         if not os.path.isfile(weights):
             raise SystemExit(f'error: weights file {weights!r} does not exist')
-        net.load_parameters(weights, ctx=ctx_list)
+        load_weights_file(net, weights, ctx_list, args, source, reset)
     return net
+
+
+def load_weights_file(net, filename, ctx_list, args, source, reset_classes=False):
+    """Load `filename` into `net`; with `reset_classes` all but the classifiers, which keep their fresh
+    initialisation (logged by name). A file for another class count exits with a one-line error."""
+    skip = net.classifier_keys() if reset_classes else []
+    try:
+        net.load_parameters(filename, ctx=ctx_list, skip=skip)
+    except ValueError:
+        loaded = mx.nd.load(filename)
+        counts = {loaded[key].shape[0] for key in net.classifier_keys() if key in loaded and loaded[key].ndim == 4}
+        if not reset_classes and counts and counts != {net.num_classes}:
+            _class_count_error(args, source, min(counts), net.num_classes)
+        raise
+    if skip:
+        logging.getLogger('segzoo').info(f'--reset-classes: loaded {source} except the class-dependent layers, '
+                                         f're-initialised for {net.num_classes} classes: {", ".join(skip)}')
 
 
 def setup_logger(log_file=None, level=logging.INFO):

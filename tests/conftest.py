@@ -27,11 +27,7 @@ def gluoncv():
 def folder_dataset(tmp_path_factory):
     """A 3-class folder dataset (background, person, other) from the bundled VOC photos: 4 train + 2 val images,
     written by ``scripts/datasets/folder.py --make-example`` (copy it before changing it)."""
-    import importlib.util
-    path = os.path.join(os.path.dirname(SAMPLE_DATA), os.pardir, 'scripts', 'datasets', 'folder.py')
-    spec = importlib.util.spec_from_file_location('folder_example_script', os.path.abspath(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from helpers import load_script
     root = str(tmp_path_factory.mktemp('folder') / 'mine')
-    module.make_example(root, num_train=4, num_val=2)
+    load_script(os.path.join('scripts', 'datasets', 'folder.py')).make_example(root, num_train=4, num_val=2)
     return root

@@ -189,14 +189,14 @@ def test_benchmark_runs(voc_weights, tmp_path, capsys):
 
 
 def test_class_count_mismatch_is_a_clear_error(voc_weights, sample_data, tmp_path):
-    with pytest.raises(SystemExit, match='do not fit'):
+    with pytest.raises(SystemExit, match='predicts 21 classes but --dataset ade20k has 150'):
         _run(MODEL + ['--resume', voc_weights, '--dataset', 'ade20k', '--eval',
                       '--dataset-root', os.path.join(sample_data, 'ade_mini'), '--out-dir', str(tmp_path)])
 
 
 def test_zoo_model_for_another_dataset_is_a_clear_error(voc_weights, monkeypatch):
     # e.g. --model-zoo deeplab_resnet101_coco (21 classes) evaluated on ade20k (150 classes)
-    monkeypatch.setattr(script.cli, 'build_model', lambda args, ctx_list, weights=None: _net(voc_weights))
+    monkeypatch.setattr(script.cli, 'build_model', lambda args, ctx_list, weights=None, **kw: _net(voc_weights))
     args = script.parse_args(['--model-zoo', 'deeplab_resnet101_coco', '--dataset', 'ade20k', '--eval', '--no-cuda'])
     with pytest.raises(SystemExit, match='predicts 21 classes but --dataset ade20k has 150'):
         script.cli.load_eval_model(args, [mx.cpu()], 150)

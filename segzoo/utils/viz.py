@@ -298,7 +298,9 @@ def panels(image, label, pred, class_names, dataset='pascal_voc', palette=None, 
     else:
         shown.insert(1, ('ground truth: none given', Image.new('RGB', rgb.size, (255, 255, 255))))
     width, height = rgb.size
-    fig, axes = plt.subplots(1, 3, figsize=(12, 12 * height / (3 * width) + 1.6))
+    rows = (len(present) + 4) // 4          # legend rows (4 entries per row, ignore included)
+    fig_height = 4.0 * height / width + 0.6 + 0.25 * rows
+    fig, axes = plt.subplots(1, 3, figsize=(12, fig_height))
     for ax, (name, picture) in zip(axes, shown):
         ax.imshow(np.asarray(picture))
         ax.set_title(name)
@@ -313,10 +315,12 @@ def panels(image, label, pred, class_names, dataset='pascal_voc', palette=None, 
     if label is not None and (label == IGNORE_LABEL).any():
         handles.append(Patch(facecolor=_class_color(flat, 0, 255 - offset), edgecolor='black',
                              label='ignored (not scored)'))
-    fig.legend(handles=handles, loc='lower center', ncol=min(4, max(1, len(handles))), fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc='lower center', ncol=min(4, max(1, len(handles))), fontsize=9, frameon=False,
+               borderaxespad=0.2)
     if headline:
         fig.suptitle(headline)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.subplots_adjust(left=0.005, right=0.995, wspace=0.02, top=1 - 0.55 / fig_height,
+                        bottom=(0.1 + 0.25 * rows) / fig_height)
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=80)
     plt.close(fig)
