@@ -1,21 +1,23 @@
-"""The three published seed commands (COCO -> VOC-aug -> VOC), run as subprocesses, scaled down.
+"""The three published seed commands (COCO -> VOC-aug -> VOC), run one after another, scaled down.
 
 Each command is the issue's text, with these substitutions only: ``--ngpus 4`` -> ``--no-cuda --ngpus 2`` (two CPU
 "devices", so SyncBN really synchronises), ``--epochs 1``, ``--crop-size 32 --base-size 40``, ``--batch-size 2``,
 ``--workers 0``, ``--no-pretrained-base`` (offline), ``--no-pretrained`` for the zoo stage (offline), and a
 ``--dataset-root`` holding a few real images copied into tmp_path. The backbone stays ResNet-101. Stage 2 and 3
 start from the previous stage's ``checkpoint.params``, found at the run-directory paths the published recipe uses.
+Each command runs through ``train.main(train.parse_args(argv))`` in this process (the ``python train.py`` entry
+point itself is tested in test_train.py), saving three interpreter start-ups.
 """
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import mxnet as mx
 import pytest
 
-from helpers import ROOT, make_voc_root
+from helpers import load_script, make_voc_root
+
+train = load_script('train.py')
 
 SCALE = ['--no-cuda', '--ngpus', '2', '--epochs', '1', '--crop-size', '32', '--base-size', '40', '--batch-size', '2',
          '--test-batch-size', '2', '--workers', '0', '--no-pretrained-base', '--log-interval', '1']
@@ -55,43 +57,42 @@ def make_aug_root(sample_data, dest):
     return str(dest)
 
 
-def _run(cwd, argv):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _run(argv):
+    """``python train.py ARGV`` in the current folder (the recipe's relative runs/ paths)."""
+    return train.main(train.parse_args(argv))
 
 
 @pytest.mark.slow     # ~60 s: three ResNet-101 runs (building and saving the 60M-parameter model dominates)
 @pytest.mark.timeout(600)
-def test_published_chain_runs_scaled_down(sample_data, tmp_path):
+def test_published_chain_runs_scaled_down(sample_data, tmp_path, monkeypatch, capfd):
     coco = make_coco_root(sample_data, tmp_path / 'data' / 'coco')
     aug = make_aug_root(sample_data, tmp_path / 'data' / 'voc_aug')
     voc = make_voc_root(sample_data, tmp_path / 'data' / 'voc')
     work = tmp_path / 'work'
     work.mkdir()
+    monkeypatch.chdir(work)
 
-    _run(work, ['--dataset', 'coco', '--model', 'deeplab', '--aux', '--backbone', 'resnet101', '--lr', '0.01',
-                '--syncbn', '--checkname', 'res101', *SCALE, '--dataset-root', coco])
+    _run(['--dataset', 'coco', '--model', 'deeplab', '--aux', '--backbone', 'resnet101', '--lr', '0.01',
+          '--syncbn', '--checkname', 'res101', *SCALE, '--dataset-root', coco])
     stage1 = work / 'runs' / 'coco' / 'deeplab' / 'res101'
     assert (stage1 / 'checkpoint.params').is_file() and (stage1 / 'metrics.jsonl').is_file()
 
     # Stage 2 starts from stage 1's weights the way a user without the published file would: the zoo model with
     # --no-pretrained, then the COCO weights as a weights-only --resume.
-    _run(work, ['--dataset', 'pascal_aug', '--model-zoo', 'deeplab_resnet101_coco', '--aux', '--lr', '0.001',
-                '--syncbn', '--checkname', 'res101', *SCALE, '--no-pretrained', '--dataset-root', aug,
-                '--resume', str(stage1 / 'checkpoint.params')])
+    _run(['--dataset', 'pascal_aug', '--model-zoo', 'deeplab_resnet101_coco', '--aux', '--lr', '0.001',
+          '--syncbn', '--checkname', 'res101', *SCALE, '--no-pretrained', '--dataset-root', aug,
+          '--resume', str(stage1 / 'checkpoint.params')])
     stage2 = work / 'runs' / 'pascal_aug' / 'deeplab' / 'res101'
     assert 'loaded weights from' in (stage2 / 'train.log').read_text()
 
-    proc = _run(work, ['--dataset', 'pascal_voc', '--model', 'deeplab', '--aux', '--backbone', 'resnet101',
-                       '--lr', '0.0001', '--syncbn', '--checkname', 'res101', *SCALE, '--dataset-root', voc,
-                       '--resume', 'runs/pascal_aug/deeplab/res101/checkpoint.params'])
+    capfd.readouterr()
+    _run(['--dataset', 'pascal_voc', '--model', 'deeplab', '--aux', '--backbone', 'resnet101',
+          '--lr', '0.0001', '--syncbn', '--checkname', 'res101', *SCALE, '--dataset-root', voc,
+          '--resume', 'runs/pascal_aug/deeplab/res101/checkpoint.params'])
     stage3 = work / 'runs' / 'pascal_voc' / 'deeplab' / 'res101'
     log = (stage3 / 'train.log').read_text()
     assert 'loaded weights from runs/pascal_aug/deeplab/res101/checkpoint.params' in log
-    assert 'per-class IoU' in log and 'epoch 0:' in proc.stderr
+    assert 'per-class IoU' in log and 'epoch 0:' in capfd.readouterr().err
     record = json.loads((stage3 / 'metrics.jsonl').read_text())
     assert record['lr'] == 0.0 and 0.0 <= record['mIoU'] <= 1.0
     keys = mx.nd.load(str(stage3 / 'checkpoint.params'))
