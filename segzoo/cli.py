@@ -18,6 +18,7 @@ meaning is the documented one (see the README):
 import argparse
 import logging
 import os
+import sys
 
 import mxnet as mx
 
@@ -26,37 +27,127 @@ from .data.transforms import RECIPES
 from .data import DATASETS, NUM_CLASS, DatasetError
 from .data.folder import check_folder, folder_label_lut, read_classes, read_label, read_palette
 from .model_store import get_model_file
-from .model_zoo import get_model, get_segmentation_model, model_dataset
+from .model_zoo import get_model, get_segmentation_model, list_models, model_dataset
+from .models import METHODS
+from .models.resnet import BACKBONES
 from .utils.viz import class_palette
 from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
-__all__ = ['run', 'base_parser', 'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
+__all__ = ['run', 'UsageError', 'usage_error', 'FAILURES', 'KVSTORES', 'check_args', 'base_parser', 'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
            'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes',
            'check_folder_dataset', 'dataset_classes', 'dataset_palette', 'label_reader', 'load_weights_file',
            'method_name', 'build_model', 'run_dir', 'setup_logger']
 
 
+# Exceptions that report bad inputs or a failing environment (a file, a folder, a device, the data): cli.run prints
+# them as one ``error:`` line with exit status 1 (a traceback only with --debug).
+FAILURES = (OSError, ValueError, RuntimeError)        # mx.base.MXNetError is a RuntimeError
+# --kvstore values: MXNet's single-process ones, ps-lite's (dist_async is refused with its reason), Horovod.
+KVSTORES = ('local', 'device', 'nccl', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod')
+
+
+class UsageError(SystemExit):
+    """A flag value that cannot work, found after parsing; its message is the ``error: ...`` line and
+    :func:`run` exits with status 2 (argparse's status for usage errors). Build with :func:`usage_error`."""
+
+
+def usage_error(message):
+    """The :class:`UsageError` ``error: <message>``."""
+    return UsageError(f'error: {message}')
+
+
+def _error_line(err):
+    """``error: ...`` for an exception: its message without the C++ traceback MXNet embeds, plus its notes (the
+    loader's 'while loading item N ...')."""
+    lines = [line for line in str(err).splitlines()
+             if line.strip() and not line.startswith(('Traceback (most recent call last)', '  File "'))]
+    message = '\n'.join(lines) or type(err).__name__
+    notes = getattr(err, '__notes__', None)
+    if notes:
+        message += ' (' + '; '.join(notes) + ')'
+    return message if message.startswith('error:') else f'error: {message}'
+
+
 def run(main, parse_args, argv=None):
-    """Entry point of train.py, test.py and scripts/demo.py: parse the flags, make sure MXNet's CPU engine has the
+    """Entry point of train.py, test.py and the scripts: parse the flags, make sure MXNet's CPU engine has the
     workers SyncBN on CPU contexts needs (this may restart the process once, see ``segzoo.utils.parallel``), run
-    ``main(args)`` and return its result."""
-    args = parse_args(argv)
-    if getattr(args, 'no_cuda', False):
-        ensure_engine_threads(engine_threads_needed(get_contexts(args), args.syncbn))
-    return main(args)
+    ``main(args)`` and return its result.
+
+    Bad input ends in one ``error: ...`` line on stderr naming the flag or file, without a traceback: exit status 2
+    for usage errors (argparse's and :class:`UsageError`), 1 for failures (:data:`FAILURES`, ``SystemExit('error:
+    ...')``), 130 for Ctrl-C. ``--debug`` re-raises instead, with the traceback.
+    """
+    debug = '--debug' in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+        if getattr(args, 'no_cuda', False):
+            ensure_engine_threads(engine_threads_needed(get_contexts(args), args.syncbn))
+        return main(args)
+    except UsageError as err:
+        if debug:
+            raise
+        print(_error_line(err), file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print('error: interrupted', file=sys.stderr)
+        raise SystemExit(130) from None
+    except FAILURES as err:
+        if debug:
+            raise
+        print(_error_line(err), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, ``error: ...`` (exit status 2), like every other segzoo error."""
+
+    def error(self, message):
+        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
+
+
+def check_args(parser, args):
+    """Refuse, through ``parser.error`` (exit status 2), flag values that cannot work, before anything is built or
+    written: unknown model, zoo name, backbone, dataset or kvstore names, and sizes that are zero or negative.
+    Checks only the flags ``args`` has (each script adds its own groups)."""
+    if getattr(args, 'model_zoo', None):
+        if args.model_zoo not in list_models():
+            parser.error(f'--model-zoo {args.model_zoo}: unknown name; valid names: {", ".join(list_models())}')
+    elif hasattr(args, 'model'):
+        if args.model not in METHODS:
+            parser.error(f'--model {args.model}: unknown method; valid methods: {", ".join(METHODS)}')
+        if args.backbone not in BACKBONES:
+            parser.error(f'--backbone {args.backbone}: unknown backbone; valid backbones: '
+                         f'{", ".join(sorted(BACKBONES))}')
+    if hasattr(args, 'dataset') and args.dataset not in DATASETS:
+        parser.error(f'--dataset {args.dataset}: unknown dataset; valid names: {", ".join(DATASETS)}')
+    if getattr(args, 'kvstore', None) and args.kvstore not in KVSTORES:
+        parser.error(f'--kvstore {args.kvstore}: unknown kvstore; valid values: {", ".join(KVSTORES)}')
+    for flag in ('crop_size', 'base_size', 'batch_size', 'test_batch_size'):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            parser.error(f'--{flag.replace("_", "-")} must be positive, got {value}')
+    for flag in ('workers', 'ngpus'):
+        value = getattr(args, flag, None)
+        if value is not None and value < 0:
+            parser.error(f'--{flag} must be >= 0, got {value}')
 
 
 def base_parser(description):
-    """An ``ArgumentParser`` that shows the defaults in ``--help`` (every segzoo script uses it)."""
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An ``ArgumentParser`` that shows the defaults in ``--help``, reports usage errors as one ``error:`` line and
+    takes ``--debug`` (every segzoo script uses it)."""
+    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--debug', action='store_true', help='show the Python traceback of an error')
+    return parser
 
 
 def add_model_args(parser):
     """Add the model flags (``--model``, ``--model-zoo``, ``--backbone``, ``--aux``, ``--syncbn``, ...)."""
     group = parser.add_argument_group('model')
     group.add_argument('--model', type=str, default='fcn',
-                       help='method for get_segmentation_model: fcn, psp, deeplab, deeplabplus')
+                       help='method for get_segmentation_model: fcn, psp, deeplab (GluonCV), deeplabplus, '
+                            'deeplabv3_composer (Composer)')
     group.add_argument('--model-zoo', type=str, default=None, metavar='NAME',
                        help='build a model-zoo network, e.g. deeplab_resnet101_coco; loads its published weights '
                             'unless --no-pretrained')
@@ -65,12 +156,21 @@ def add_model_args(parser):
     group.add_argument('--no-pretrained', dest='pretrained', action='store_false',
                        help='with --model-zoo: start from ImageNet backbone / random weights instead')
     group.add_argument('--backbone', type=str, default='resnet50',
-                       help='backbone: resnet50, resnet101, resnet152, resnet_tiny')
+                       help="backbone: resnet50, resnet101, resnet152 (GluonCV's deep stem), resnet50_v1b, "
+                            "resnet101_v1b, resnet152_v1b (torchvision's layout, Composer's), resnet_tiny, "
+                            "resnet_tiny_v1b")
     group.add_argument('--aux', action='store_true', default=False, help='add the auxiliary FCN head on stage 3')
     group.add_argument('--syncbn', action='store_true', default=False,
                        help='mx.gluon.contrib.nn.SyncBatchNorm across the devices (threaded forwards)')
     group.add_argument('--no-pretrained-base', dest='pretrained_base', action='store_false', default=True,
                        help='do not load ImageNet weights into the backbone (offline/random start)')
+    group.add_argument('--backbone-weights', type=str, default=None, metavar='SOURCE',
+                       help="the backbone's ImageNet weights: IMAGENET1K_V1 or IMAGENET1K_V2 (torchvision's files, "
+                            "for *_v1b backbones; Composer's backbone_weights) or a GluonCV file name; default: "
+                            "GluonCV's file for the backbone")
+    group.add_argument('--initializers', nargs='*', default=(), metavar='NAME',
+                       help="Composer's initializers, kaiming_normal and/or bn_ones: applied to what no file sets "
+                            "(the heads when ImageNet weights load)")
     group.add_argument('--model-root', type=str, default=None,
                        help='where published weights are cached (default: $MXNET_HOME/models, else ~/.mxnet/models)')
     group.add_argument('--resume', type=str, default=None, metavar='PATH',
@@ -123,10 +223,10 @@ def get_contexts(args):
     num_visible = mx.context.num_gpus()
     ngpus = num_visible if args.ngpus is None else args.ngpus
     if ngpus <= 0 or num_visible == 0:
-        raise SystemExit(f'error: no GPU available (--ngpus {args.ngpus}, {num_visible} visible GPUs); '
-                         'pass --no-cuda to run on CPU')
+        raise usage_error(f'no GPU available (--ngpus {args.ngpus}, {num_visible} visible GPUs); '
+                          'pass --no-cuda to run on CPU')
     if ngpus > num_visible:
-        raise SystemExit(f'error: --ngpus {ngpus} but only {num_visible} GPUs are visible')
+        raise usage_error(f'--ngpus {ngpus} but only {num_visible} GPUs are visible')
     return [mx.gpu(i) for i in range(ngpus)]
 
 
@@ -195,7 +295,7 @@ def _class_count_error(args, source, predicted, num_classes):
 def dataset_classes(args):
     """Class names of ``--dataset``: the dataset's own, or ``classes.txt`` of ``--dataset folder``."""
     if args.dataset not in DATASETS:
-        raise SystemExit(f'error: unknown --dataset {args.dataset!r}; valid names: {", ".join(DATASETS)}')
+        raise usage_error(f'unknown --dataset {args.dataset!r}; valid names: {", ".join(DATASETS)}')
     if args.dataset != 'folder':
         return DATASETS[args.dataset].CLASSES
     try:
@@ -287,8 +387,9 @@ def build_model(args, ctx_list, weights=None, dataset=None, num_classes=None):
     if weights:
         pretrained = False     # the file replaces every weight; skip the download
     # None lets the zoo decide: ImageNet weights when they exist and nothing else is loaded.
-    pretrained_base = None if args.pretrained_base and not weights else False
+    pretrained_base = (args.backbone_weights or None) if args.pretrained_base and not weights else False
     common = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs, pretrained_base=pretrained_base,
+                  initializers=tuple(getattr(args, 'initializers', ())),
                   root=args.model_root, ctx=ctx_list)
     if num_classes is not None:
         common['num_classes'] = num_classes

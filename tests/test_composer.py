@@ -226,3 +226,36 @@ def test_backbone_weights_imagenet1k_download_into_composer_model(monkeypatch, t
     assert project.std() == pytest.approx(np.sqrt(2 / (2560 * 9)), rel=0.01)
     with pytest.raises(ValueError, match='torchvision-layout backbone'):
         segzoo.get_segmentation_model('deeplab', backbone='resnet50', pretrained_base='IMAGENET1K_V1')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('recipe', ['typical', 'composer'])
+def test_recipe_script_runs_scaled_down_on_ade20k(recipe, tmp_path, sample_data):
+    """scripts/deeplabplus_resnet101_ade.sh exactly as published but for size: tiny torchvision-layout backbone, no
+    ImageNet download, 64 px, 2 CPU devices with SyncBN, one step on the bundled ADE20K validation images."""
+    import json
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, RECIPE=recipe, NGPUS='2', PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ['PATH'])
+    run_dir = tmp_path / 'run'
+    args = ['--dataset-root', os.path.join(sample_data, 'ade_mini'), '--backbone', 'resnet_tiny_v1b',
+            '--no-pretrained-base', '--no-cuda', '--base-size', '64', '--crop-size', '64', '--batch-size', '2',
+            '--test-batch-size', '2', '--epochs', '1', '--workers', '0', '--train-split', 'val',
+            '--save-dir', str(run_dir)]
+    proc = subprocess.run(['bash', os.path.join(repo, 'scripts', 'deeplabplus_resnet101_ade.sh'), *args], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'mIoU(present classes, Composer)' in proc.stderr
+    flags = json.load(open(run_dir / 'args.json'))
+    expected = {'typical': dict(optimizer='sgd', weight_decay=5e-4, lr_scheduler='poly', alpha_f=0.01,
+                                backbone_weights='IMAGENET1K_V1', epochs=1),
+                'composer': dict(optimizer='sgdw', weight_decay=2e-5, lr_scheduler='cosine', alpha_f=0.0,
+                                 backbone_weights='IMAGENET1K_V2', epochs=1)}[recipe]
+    expected.update(model='deeplabplus', augment='composer', grad_norm='composer', lr_timing='composer',
+                    head_lr_mult=1.0, initializers=['kaiming_normal', 'bn_ones'], syncbn=True, miou='present')
+    assert {key: flags[key] for key in expected} == expected
+    assert os.path.isfile(run_dir / 'checkpoint.params')
