@@ -21,8 +21,8 @@ from .segmentor import Segmentor, gluoncv_key, load_params_strict
 from .weights import load_backbone_params
 
 __all__ = ['ASPP', 'ASPPHead', 'AUX_FEATURES', 'BACKBONES', 'DeepLabV3Head', 'DeepLabV3PlusHead', 'DilatedResNet',
-           'FAMILIES', 'FCNHead', 'HEADS', 'family', 'METHODS', 'PSPHead', 'Segmentor', 'get_backbone', 'get_segmentor', 'gluoncv_key',
-           'load_backbone_params', 'load_params_strict']
+           'FAMILIES', 'FCNHead', 'HEADS', 'METHODS', 'PSPHead', 'Segmentor', 'check_method', 'family', 'get_backbone',
+           'get_segmentor', 'gluoncv_key', 'load_backbone_params', 'load_params_strict']
 
 
 class HeadSpec(namedtuple('HeadSpec', 'cls features align_corners family')):

@@ -1,7 +1,7 @@
 """Segmentor: backbone -> head (-> auxiliary head) -> logits resized to the input size.
 
-``.params`` files speak GluonCV's structural key format (``SegBaseModel`` subclasses): the backbone's keys sit at the top
-level (``conv1.0.weight``, ``layer4.2.bn3.gamma``), the main head under ``head.`` and the auxiliary head
+``.params`` files speak GluonCV's structural key format (its ``SegBaseModel`` subclasses): the backbone's keys sit
+at the top level (``conv1.0.weight``, ``layer4.2.bn3.gamma``), the main head under ``head.`` and the auxiliary head
 under ``auxlayer.``. Inside the network the attributes have plain names (``backbone``, ``head``,
 ``aux_head``, ``aspp.branches``); ``gluoncv_key`` is the one place that translates between the two.
 """
@@ -111,7 +111,9 @@ class Segmentor(HybridBlock):
         loads a file trained on other classes into every layer but the classifiers.
         """
         skip = frozenset(skip)
-        ignore = (lambda key: ignore_extra or key in skip or (not self.aux and key.startswith(_AUX_PREFIX)))
+
+        def ignore(key):
+            return ignore_extra or key in skip or (not self.aux and key.startswith(_AUX_PREFIX))
         params = {key: param for key, param in self.gluoncv_params().items() if key not in skip}
         load_params_strict(params, filename, ctx=ctx, ignore_extra=ignore,
                            allow_missing=allow_missing, cast_dtype=cast_dtype, dtype_source=dtype_source)
