@@ -15,7 +15,8 @@ legend and the pixel accuracy). ``<out>/summary.csv`` has one row per image with
 pixels. Unreadable files are skipped with a warning naming them, and the exit status is then 1.
 
 Whole images of equal size run as one batch (``--batch-size`` images are read at a time); ``--scales``,
-``--flip`` or ``--base-size`` use GluonCV's multi-scale evaluation per image, as scripts/demo.py does.
+``--flip`` or ``--base-size`` use GluonCV's multi-scale evaluation per image, as scripts/demo.py does;
+``--precision fused|bf16|int8`` runs the network through ``segzoo.deploy`` (int8 calibrated on the first image).
 """
 import csv
 import glob
@@ -35,6 +36,7 @@ from segzoo.data.base import read_image  # noqa: E402
 from segzoo.data.folder import (IMAGE_EXTENSIONS, folder_label_lut, read_class_file, read_label,  # noqa: E402
                                 read_palette_file)
 from segzoo.data.transforms import ImageNormalize  # noqa: E402
+from segzoo.deploy import flags as deploy_flags  # noqa: E402
 from segzoo.inference import predict_whole  # noqa: E402
 from segzoo.utils.fileio import atomic_write  # noqa: E402
 from segzoo.utils.viz import class_palette, labelled_accuracy, save_panels, save_prediction  # noqa: E402
@@ -59,8 +61,10 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.add_data_args(parser, default_dataset='pascal_voc')
     cli.add_device_args(parser)
+    deploy_flags.add_precision_args(parser, calibration=False)   # int8: ranges calibrated on the first image
     parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
     args = parser.parse_args(argv)
+    deploy_flags.check_precision_args(parser, args)
     check_model_args(parser, args)
     if args.batch_size < 1 or not 0.0 <= args.alpha <= 1.0:
         parser.error('--batch-size must be >= 1 and --alpha in [0, 1]')
@@ -125,6 +129,15 @@ def predict_images(net, images, ctx, args):
     return preds
 
 
+def _calibration_batch(paths):
+    """``--precision int8``: the first readable input image, as the one calibration batch."""
+    for path in paths:
+        rgb = _read(path, [])
+        if rgb is not None:
+            return [mx.nd.array(ImageNormalize()(rgb)).expand_dims(0)]
+    raise SystemExit('error: --precision int8: no readable input image to calibrate on')
+
+
 def _read(path, skipped):
     try:
         return np.asarray(read_image(path))
@@ -161,6 +174,7 @@ def main(args):
         raise SystemExit(f'error: several inputs would write the same outputs: {clashes}')
     ctx_list = cli.get_contexts(args)[:1]
     net = cli.load_eval_model(args, ctx_list, len(class_names))
+    net = deploy_flags.prepare_network(net, args, lambda: _calibration_batch(paths))
     net.hybridize()
     os.makedirs(args.out, exist_ok=True)
     rows, written = [], []

@@ -79,6 +79,11 @@ def test_exit_status_and_demo_panels(folder_dataset, weights, tmp_path, monkeypa
     corrupt.write_bytes(b'\x89PNG\r\n\x1a\n truncated')
     model = _model_args(weights[0], folder_dataset)
     assert _exit_status([good, '--out', str(tmp_path / 'ok'), *model], monkeypatch) == 0
+    assert _exit_status([good, '--out', str(tmp_path / 'fused'), '--precision', 'fused', *model], monkeypatch) == 0
+    for name in os.listdir(good):      # oneDNN's conv+BN+ReLU fusion: the plain network's classes (rounding aside)
+        mask = f'{name[:-4]}_mask.png'
+        same = np.array(Image.open(tmp_path / 'ok' / mask)) == np.array(Image.open(tmp_path / 'fused' / mask))
+        assert same.mean() > 0.999
     assert _exit_status([good, str(corrupt), '--out', str(tmp_path / 'bad'), *model], monkeypatch) == 1
     with pytest.raises(SystemExit):
         predict.parse_args([good, '--out', str(tmp_path / 'x'), '--model', 'deeplab'])   # no weights named
