@@ -10,7 +10,7 @@ from PIL import Image
 
 from segzoo.data import DatasetError, get_segmentation_dataset
 from segzoo.data.folder import check_folder
-from segzoo.data.transforms import ImageNormalize
+from segzoo.data.transforms import RECIPES, ImageNormalize
 from segzoo.model_zoo import get_segmentation_model
 
 train = load_script('train.py')
@@ -55,6 +55,12 @@ def test_every_mode_reads_the_folder(folder_dataset):
         assert set(np.unique(label)) <= {-1, 0, 1, 2}
     image, name = get_segmentation_dataset('folder', split='val', mode='test', root=folder_dataset)[0]
     assert name.endswith('.jpg') and image.ndim == 3
+    for recipe in RECIPES:             # every augmentation set: 3-class labels in, 3-class labels out
+        for mode in ('train', 'val'):
+            ds = get_segmentation_dataset('folder', split='train', mode=mode, root=folder_dataset, transforms=recipe,
+                                          base_size=64, crop_size=48)
+            image, label = (_np(x) for x in ds[0])
+            assert image.shape == (3, 48, 48) and set(np.unique(label)) <= {-1, 0, 1, 2}
 
 
 def test_colour_masks_read_through_palette_txt(copy):
