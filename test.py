@@ -88,6 +88,7 @@ def parse_args(argv=None):
     bench.add_argument('--warmup-iterations', type=int, default=5, help='untimed benchmark iterations first')
     deploy_flags.add_precision_args(parser)
     args = parser.parse_args(argv)
+    cli.check_args(parser, args)
     _check_args(parser, args)
     deploy_flags.check_precision_args(parser, args)
     return args

@@ -140,6 +140,7 @@ def parse_args(argv=None):
     run.add_argument('--no-val', action='store_true', help='skip validation after each epoch')
     run.add_argument('--seed', type=int, default=0, help='seed of shuffling, augmentation and dropout')
     args = parser.parse_args(argv)
+    cli.check_args(parser, args)
     if args.eval and args.no_val:
         parser.error('--eval evaluates on the validation split: it cannot be combined with --no-val')
     if args.train_split is None:
@@ -486,16 +487,18 @@ def main(args):
     """Train (or only validate, with ``--eval``); returns the final metrics dict."""
     state_file = ckpt.find_state(args.resume) if args.resume else None
     workers = distributed.Workers(args.kvstore)       # first: only rank 0 writes the run directory
-    run_dir = open_run_dir(args, new_history=state_file is None and not args.eval, writer=workers.is_writer)
-    ctx_list = workers.contexts(cli.get_contexts(args))
+    ctx_list = workers.contexts(cli.get_contexts(args))     # bad device flags fail before the run dir exists
     if not args.eval:
         check_engine_threads(ctx_list, args.syncbn)
+    run_dir = open_run_dir(args, new_history=state_file is None and not args.eval, writer=workers.is_writer)
     train_set, val_set = get_datasets(args)
     train_data, val_data = make_loaders(train_set, val_set, args, workers, len(ctx_list))
     net = build_network(args, ctx_list, (val_set if train_set is None else train_set).NUM_CLASS,
                         weights=None if state_file else args.resume)
     iters_per_epoch = iterations_per_epoch(train_set, args)
     trainer = make_trainer(net, args, iters_per_epoch, workers.kvstore or cli.get_kvstore(args, ctx_list))
+    if workers.is_writer and not args.eval:     # an unwritable or full disk fails now, not at the first save
+        ckpt.check_save_dir(run_dir, net)
     state = restore_state(args, state_file, net, trainer, ctx_list, iters_per_epoch)
     if workers.distributed:       # equal step counts on every worker (else the job hangs)
         workers.reducer.check_same('the training images, steps per epoch and devices per worker',

@@ -5,7 +5,8 @@ Layout written by :func:`save_checkpoint` (``run_dir`` = ``runs/<dataset>/<model
     state-<step>.params    weights at global step <step> (GluonCV key format)
     state-<step>.states    gluon.Trainer states: momentum buffers, update counts (schedule position), optimizer
     checkpoint.json        the commit record: the :class:`TrainState` fields (epoch, iteration, global step, best
-                           mIoU, epoch_done), RNG states, args, and the names of the two files above
+                           mIoU, epoch_done), RNG states, args, and the names and SHA-1s of the two files above
+    previous.json          the record before it, whose state files are kept too: the previous good state
     checkpoint.params      the latest weights (a hard link to / copy of state-<step>.params): what GluonCV's
                            ``load_parameters``, ``segzoo.get_model(..., pretrained=PATH)`` and the next stage use
     model_best.params      weights of the best validation mIoU so far (linked like checkpoint.params)
@@ -13,24 +14,33 @@ Layout written by :func:`save_checkpoint` (``run_dir`` = ``runs/<dataset>/<model
 Every file is written to a temporary name in the same folder, flushed and fsync'ed, then renamed over the old one
 (``os.replace`` is atomic on POSIX and Windows), and the folder is fsync'ed. ``checkpoint.json`` is replaced only
 after both state files are complete, so a crash at any moment leaves either the previous checkpoint or the new one,
-never a mix or a truncated file. Superseded ``state-*`` files are deleted after the commit.
+never a mix or a truncated file. Superseded ``state-*`` files are deleted after the commit, except the previous
+record's.
+
+A file damaged later (a full disk, a copy cut short, a bad sector) is caught on resume by its SHA-1:
+:func:`load_checkpoint` names it and continues from ``previous.json`` when that state is intact.
 """
 import dataclasses
 import glob
 import json
+import logging
 import os
 import random
 import shutil
+import uuid
 
 import mxnet as mx
 import numpy as np
 
+from .utils.download import sha1sum
 from .utils.fileio import atomic_write, write_json
 
-__all__ = ['TrainState', 'save_params', 'save_checkpoint', 'load_checkpoint', 'find_state', 'seed_all', 'seed_mx',
-           'get_rng_state', 'set_rng_state', 'CHECKPOINT_JSON', 'CHECKPOINT_PARAMS', 'BEST_PARAMS']
+__all__ = ['TrainState', 'save_params', 'save_checkpoint', 'load_checkpoint', 'find_state', 'check_save_dir',
+           'seed_all', 'seed_mx', 'get_rng_state', 'set_rng_state', 'CHECKPOINT_JSON', 'PREVIOUS_JSON',
+           'CHECKPOINT_PARAMS', 'BEST_PARAMS']
 
 CHECKPOINT_JSON = 'checkpoint.json'
+PREVIOUS_JSON = 'previous.json'
 CHECKPOINT_PARAMS = 'checkpoint.params'
 BEST_PARAMS = 'model_best.params'
 FORMAT_VERSION = 1
@@ -118,10 +128,14 @@ def save_checkpoint(run_dir, net, trainer, state, args=None, best=False):
     atomic_write(os.path.join(run_dir, states_name), trainer.save_states)
     if best:   # before the commit: a crash leaves model_best at least as new as the committed best_miou
         _link_or_copy(os.path.join(run_dir, params_name), os.path.join(run_dir, BEST_PARAMS))
-    record = dict(meta, format_version=FORMAT_VERSION, params=params_name, states=states_name)
-    write_json(os.path.join(run_dir, CHECKPOINT_JSON), record)          # commit point
+    record = dict(meta, format_version=FORMAT_VERSION, params=params_name, states=states_name,
+                  sha1={name: sha1sum(os.path.join(run_dir, name)) for name in (params_name, states_name)})
+    current, previous = os.path.join(run_dir, CHECKPOINT_JSON), os.path.join(run_dir, PREVIOUS_JSON)
+    if _record_files(current) - {params_name, states_name}:     # another step: it becomes the previous state
+        _link_or_copy(current, previous)
+    write_json(current, record)          # commit point
     _link_or_copy(os.path.join(run_dir, params_name), os.path.join(run_dir, CHECKPOINT_PARAMS))
-    keep = {params_name, states_name}
+    keep = {params_name, states_name} | _record_files(previous)
     for old in glob.glob(os.path.join(run_dir, 'state-*')):
         if os.path.basename(old) not in keep:
             os.remove(old)
@@ -148,33 +162,93 @@ def find_state(path):
     return None
 
 
+def _record_files(json_path):
+    """The state files a record names (empty if it is missing or unreadable)."""
+    try:
+        with open(json_path) as f:
+            record = json.load(f)
+        return {record['params'], record['states']}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _read_record(json_path):
+    """The record in ``json_path`` after checking that the files it names exist and have their saved SHA-1s."""
+    with open(json_path) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'{json_path} is not valid JSON (corrupt or truncated): {exc}') from exc
+    folder = os.path.dirname(os.path.abspath(json_path))
+    for key in ('params', 'states'):
+        if key not in meta or not os.path.isfile(os.path.join(folder, meta[key])):
+            raise FileNotFoundError(f'{json_path}: the {key} file {meta.get(key)!r} it names is missing')
+        expected = (meta.get('sha1') or {}).get(meta[key])
+        if expected and sha1sum(os.path.join(folder, meta[key])) != expected:
+            raise ValueError(f'{os.path.join(folder, meta[key])} is corrupt or truncated (its SHA-1 differs from '
+                             f'the one {json_path} recorded)')
+    return meta
+
+
 def load_checkpoint(json_path, net, trainer, ctx_list):
     """Restore weights and trainer states from a ``checkpoint.json`` written by :func:`save_checkpoint`.
 
     Build ``net``, set its ``lr_mult``/``wd_mult`` and create ``trainer`` exactly as in a fresh run first:
     ``Trainer.load_states`` takes the multipliers from the current parameters, not from the file.
 
-    The Python and NumPy RNG states saved with it are restored too.
+    The Python and NumPy RNG states saved with it are restored too. A corrupt or truncated state (a file whose
+    SHA-1 differs from the recorded one, or that does not load) is named in a warning and the previous good state
+    (``previous.json``) is used instead; without one the error is raised.
 
     Returns
     -------
     tuple
         ``(TrainState to continue from, the run's saved args dict (empty if none))``.
     """
-    with open(json_path) as f:
+    previous = os.path.join(os.path.dirname(os.path.abspath(json_path)), PREVIOUS_JSON)
+    candidates = [json_path] + ([previous] if os.path.isfile(previous) else [])
+    failures = []
+    for path in candidates:
         try:
-            meta = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f'{json_path} is not valid JSON: {exc}') from exc
-    folder = os.path.dirname(os.path.abspath(json_path))
-    for key in ('params', 'states'):
-        if key not in meta or not os.path.isfile(os.path.join(folder, meta[key])):
-            raise FileNotFoundError(f'{json_path}: the {key} file {meta.get(key)!r} it names is missing')
-    net.load_parameters(os.path.join(folder, meta['params']), ctx=ctx_list)
-    trainer.load_states(os.path.join(folder, meta['states']))
-    if meta.get('rng'):
-        set_rng_state(meta['rng'])
-    return TrainState.from_record(meta), meta.get('args') or {}
+            meta = _read_record(path)
+            folder = os.path.dirname(os.path.abspath(path))
+            net.load_parameters(os.path.join(folder, meta['params']), ctx=ctx_list)
+            trainer.load_states(os.path.join(folder, meta['states']))
+        except (OSError, ValueError, mx.base.MXNetError) as err:
+            failures.append(err)
+            continue
+        if failures:
+            logging.getLogger('segzoo').warning(f'{failures[0]}; resuming from the previous good state {path} '
+                                                f'(step {meta.get("global_step")})')
+        if meta.get('rng'):
+            set_rng_state(meta['rng'])
+        return TrainState.from_record(meta), meta.get('args') or {}
+    if len(failures) == 1:
+        raise failures[0]
+    raise ValueError(f'{failures[0]}; the previous state is unusable too: {failures[1]}')
+
+
+def check_save_dir(run_dir, net):
+    """Fail now, naming ``run_dir``, if it cannot hold ``net``'s checkpoints: a probe file must be writable, and the
+    free space must hold three states (the previous, the current and the one being written), each the weights
+    plus trainer states of the same size (SGD's momentum)."""
+    num_bytes = 2 * sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in net.collect_params().values())
+    probe = os.path.join(run_dir, f'.write-test-{uuid.uuid4().hex}')
+    try:
+        with open(probe, 'wb') as f:
+            f.write(b'\0' * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, f'the save directory {run_dir} is not writable: {err.strerror}') from None
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+    free = shutil.disk_usage(run_dir).free
+    if free < 3 * num_bytes:
+        raise OSError(f'the save directory {run_dir} has {free / 2**20:.1f} MiB free but checkpoints need about '
+                      f'{3 * num_bytes / 2**20:.1f} MiB (3 x {num_bytes / 2**20:.1f} MiB of weights and trainer '
+                      'states); free space or choose another --save-dir')
 
 
 def seed_all(seed):

@@ -18,9 +18,11 @@ meaning is the documented one (see the README):
 import argparse
 import logging
 import os
+import re
 import sys
 
 import mxnet as mx
+from tqdm import tqdm
 
 from .data.base import BASE_SIZE, CROP_SIZE
 from .data.transforms import RECIPES
@@ -33,7 +35,8 @@ from .models.resnet import BACKBONES
 from .utils.viz import class_palette
 from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
-__all__ = ['run', 'UsageError', 'usage_error', 'FAILURES', 'KVSTORES', 'check_args', 'base_parser', 'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
+__all__ = ['run', 'UsageError', 'usage_error', 'FAILURES', 'KVSTORES', 'check_args', 'base_parser',
+           'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
            'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes',
            'check_folder_dataset', 'dataset_classes', 'dataset_palette', 'label_reader', 'load_weights_file',
            'method_name', 'build_model', 'run_dir', 'setup_logger']
@@ -59,9 +62,8 @@ def usage_error(message):
 def _error_line(err):
     """``error: ...`` for an exception: its message without the C++ traceback MXNet embeds, plus its notes (the
     loader's 'while loading item N ...')."""
-    lines = [line for line in str(err).splitlines()
-             if line.strip() and not line.startswith(('Traceback (most recent call last)', '  File "'))]
-    message = '\n'.join(lines) or type(err).__name__
+    text = re.sub(r'Traceback \(most recent call last\):\n(?:[ \t][^\n]*\n)*', '', str(err))
+    message = '\n'.join(line for line in text.splitlines() if line.strip()) or type(err).__name__
     notes = getattr(err, '__notes__', None)
     if notes:
         message += ' (' + '; '.join(notes) + ')'
@@ -86,18 +88,30 @@ def run(main, parse_args, argv=None):
     except UsageError as err:
         if debug:
             raise
-        print(_error_line(err), file=sys.stderr)
+        _report(err)
         raise SystemExit(2) from None
+    except SystemExit as err:
+        if not isinstance(err.code, str):
+            raise
+        _report(err)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         if debug:
             raise
-        print('error: interrupted', file=sys.stderr)
+        _report('error: interrupted')
         raise SystemExit(130) from None
     except FAILURES as err:
         if debug:
             raise
-        print(_error_line(err), file=sys.stderr)
+        _report(err)
         raise SystemExit(1) from None
+
+
+def _report(err):
+    """Print the error line on stderr, on a line of its own: open progress bars are closed first."""
+    for bar in list(getattr(tqdm, '_instances', ())):
+        bar.close()
+    print(_error_line(err) if isinstance(err, BaseException) else err, file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -413,8 +427,11 @@ def load_weights_file(net, filename, ctx_list, args, source, reset_classes=False
     skip = net.classifier_keys() if reset_classes else []
     try:
         net.load_parameters(filename, ctx=ctx_list, skip=skip)
-    except ValueError:
-        loaded = mx.nd.load(filename)
+    except ValueError as err:
+        try:
+            loaded = mx.nd.load(filename)
+        except mx.base.MXNetError:      # not a parameter file at all: the loader's message names it
+            raise err from None
         counts = {loaded[key].shape[0] for key in net.classifier_keys() if key in loaded and loaded[key].ndim == 4}
         if not reset_classes and counts and counts != {net.num_classes}:
             _class_count_error(args, source, min(counts), net.num_classes)

@@ -55,12 +55,15 @@ def test_round_trip_restores_weights_momentum_and_update_count(tmp_path):
     assert files == ['checkpoint.json', 'checkpoint.params', 'state-00000003.params', 'state-00000003.states']
 
 
-def test_old_state_files_are_replaced(tmp_path):
+def test_old_state_files_are_replaced_but_the_previous_state_is_kept(tmp_path):
     net, trainer = _net_and_trainer()
-    for step in (1, 2):
+    for step in (1, 2, 3):
         ckpt.save_checkpoint(str(tmp_path), net, trainer, ckpt.TrainState(global_step=step))
     assert not os.path.exists(tmp_path / 'state-00000001.params')
-    assert json.loads((tmp_path / 'checkpoint.json').read_text())['params'] == 'state-00000002.params'
+    assert json.loads((tmp_path / 'checkpoint.json').read_text())['params'] == 'state-00000003.params'
+    assert json.loads((tmp_path / 'previous.json').read_text())['params'] == 'state-00000002.params'
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith('state-')) == [
+        'state-00000002.params', 'state-00000002.states', 'state-00000003.params', 'state-00000003.states']
 
 
 def test_rng_state_round_trip():

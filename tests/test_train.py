@@ -49,7 +49,7 @@ def test_parse_args_defaults():
     zoo = train.parse_args(['--model-zoo', 'deeplab_resnet101_coco', '--checkname', 'res101'])
     assert cli.resolve_pretrained(zoo) is True
     assert cli.run_dir(zoo) == os.path.join('runs', 'pascal_aug', 'deeplab', 'res101')
-    assert cli.resolve_pretrained(train.parse_args(['--model-zoo', 'x', '--no-pretrained'])) is False
+    assert cli.resolve_pretrained(train.parse_args(['--model-zoo', 'fcn_resnet50_voc', '--no-pretrained'])) is False
     assert cli.resolve_pretrained(train.parse_args([])) is False
     two_cpus = train.parse_args(['--no-cuda', '--ngpus', '2'])
     assert cli.get_contexts(two_cpus) == [mx.cpu(0), mx.cpu(1)]

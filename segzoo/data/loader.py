@@ -155,8 +155,11 @@ class SeededBatchSampler:
 
 
 def _portable(err, index, dataset):
-    """``err`` annotated with the item index, or a RuntimeError with its text if it cannot be pickled."""
-    where = f'while loading item {index} of {type(dataset).__name__}'
+    """``err`` annotated with the item index and its image file, or a RuntimeError with its text if it cannot be
+    pickled."""
+    images = getattr(dataset, 'images', None)
+    image = f' (image {images[index]})' if images is not None and 0 <= index < len(images) else ''
+    where = f'while loading item {index}{image} of {type(dataset).__name__}'
     try:
         pickle.loads(pickle.dumps(err))
     except Exception:  # noqa: BLE001 -- anything that cannot travel between processes is replaced
