@@ -35,30 +35,36 @@ def parse_args(argv=None):
     parser.add_argument('--out', type=str, default=None,
                         help='output prefix: writes <out>_mask.png and <out>_overlay.png '
                              '(default: the image name in the current folder)')
-    parser.add_argument('--alpha', type=float, default=0.5, help='weight of the mask colours in the overlay')
-    parser.add_argument('--scales', type=float, nargs='+', default=[1.0],
-                        help='multi-scale evaluation: scales of --base-size (default: one pass on the whole image)')
-    parser.add_argument('--flip', action='store_true', help='add horizontally flipped passes')
     parser.add_argument('--label', type=str, default=None, metavar='MASK',
                         help="the image's ground-truth mask (in --dataset's encoding): also write <out>_panels.png")
     parser.add_argument('--caption', type=str, default=None,
                         help='headline of the panels, e.g. "training image" or "held-out image"')
-    cli.add_model_args(parser)
-    cli.add_data_args(parser, default_dataset='pascal_voc')
-    cli.add_device_args(parser)
-    deploy_flags.add_precision_args(parser, calibration=False)   # int8: ranges calibrated on the image itself
-    parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
+    add_prediction_args(parser)    # int8: ranges calibrated on the image itself
     args = parser.parse_args(argv)
-    deploy_flags.check_precision_args(parser, args)
-    check_model_args(parser, args)
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f'--alpha must be in [0, 1], got {args.alpha}')
+    check_prediction_args(parser, args)
     return args
 
 
-def check_model_args(parser, args):
-    """Some weights must be named; ``--model-zoo NAME`` predicts its zoo dataset's classes (unless ``--dataset
-    folder`` or ``--classes`` name others, e.g. for a zoo model fine-tuned with ``--reset-classes``)."""
+def add_prediction_args(parser):
+    """The flags of scripts/demo.py and scripts/predict.py: overlay, multi-scale, model, data, devices, precision."""
+    parser.add_argument('--alpha', type=float, default=0.5, help='weight of the mask colours in the overlay')
+    parser.add_argument('--scales', type=float, nargs='+', default=[1.0],
+                        help='multi-scale evaluation: scales of --base-size (default: one pass on the whole image)')
+    parser.add_argument('--flip', action='store_true', help='add horizontally flipped passes')
+    cli.add_model_args(parser)
+    cli.add_data_args(parser, default_dataset='pascal_voc')
+    cli.add_device_args(parser)
+    deploy_flags.add_precision_args(parser, calibration=False)   # int8 calibrates on the images it is given
+    parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
+
+
+def check_prediction_args(parser, args):
+    """Exit through ``parser.error`` unless some weights are named and the precision and --alpha flags fit;
+    ``--model-zoo NAME`` predicts its zoo dataset's classes (unless ``--dataset folder`` or ``--classes`` name
+    others, e.g. for a zoo model fine-tuned with ``--reset-classes``)."""
+    deploy_flags.check_precision_args(parser, args)
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error(f'--alpha must be in [0, 1], got {args.alpha}')
     if args.model_zoo and args.dataset != 'folder' and not getattr(args, 'classes', None):
         try:
             args.dataset = model_dataset(args.model_zoo)    # the classes the zoo model predicts

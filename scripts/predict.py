@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import check_model_args, segment  # noqa: E402  (shared with scripts/demo.py)
+from demo import add_prediction_args, check_prediction_args, segment  # noqa: E402  (shared with scripts/demo.py)
 
 from segzoo import cli  # noqa: E402
 from segzoo.data import DatasetError  # noqa: E402
@@ -54,20 +54,11 @@ def parse_args(argv=None):
     parser.add_argument('--labels', type=str, default=None, metavar='DIR',
                         help='ground-truth masks DIR/<name>.png: also write <name>_panels.png')
     parser.add_argument('--batch-size', type=int, default=4, help='images read and predicted together')
-    parser.add_argument('--alpha', type=float, default=0.5, help='weight of the mask colours in the overlay')
-    parser.add_argument('--scales', type=float, nargs='+', default=[1.0],
-                        help='multi-scale evaluation: scales of --base-size (default: one pass on the whole image)')
-    parser.add_argument('--flip', action='store_true', help='add horizontally flipped passes')
-    cli.add_model_args(parser)
-    cli.add_data_args(parser, default_dataset='pascal_voc')
-    cli.add_device_args(parser)
-    deploy_flags.add_precision_args(parser, calibration=False)   # int8: ranges calibrated on the first image
-    parser.set_defaults(base_size=None, crop_size=None, pretrained_base=False)
+    add_prediction_args(parser)    # int8: ranges calibrated on the first image
     args = parser.parse_args(argv)
-    deploy_flags.check_precision_args(parser, args)
-    check_model_args(parser, args)
-    if args.batch_size < 1 or not 0.0 <= args.alpha <= 1.0:
-        parser.error('--batch-size must be >= 1 and --alpha in [0, 1]')
+    check_prediction_args(parser, args)
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
     return args
 
 
