@@ -47,6 +47,7 @@ VOC_MINI = os.path.join(REPO, 'segzoo', 'sample_data', 'voc_mini')
 DEMO_WEIGHTS = os.path.join(REPO, 'runs', 'pascal_voc', 'deeplab', 'demo', 'checkpoint.params')
 DEMO_MODEL = ['--model', 'deeplab', '--backbone', 'resnet_tiny', '--aux', '--dataset', 'pascal_voc', '--no-cuda']
 MS_SCALES = (0.75, 1.0, 1.25)
+R50_SIZE = 256   # crop (and base) size of the ResNet-50 rows
 
 
 def parse_args(argv=None):
@@ -234,7 +235,7 @@ def _loss(framework):
 def train_rss(framework):
     """Child process: 3 training steps of DeepLabV3-R50 (crop 256, batch 2); prints the peak RSS in MiB."""
     ctx = mx.cpu()
-    gcv = model_speed.build_gluoncv('deeplab', 'resnet50', 256, ctx)
+    gcv = model_speed.build_gluoncv('deeplab', 'resnet50', R50_SIZE, ctx)
     if framework == 'gluoncv':
         net = gcv
     else:
@@ -242,8 +243,8 @@ def train_rss(framework):
             path = os.path.join(tmp, 'w.params')
             gcv.save_parameters(path)
             del gcv
-            net, _ = model_speed.build_segzoo('deeplab', 'resnet50', 256, path, ctx)
-    step = _train_step_setup(net, _loss(framework), 256, 2, ctx)
+            net, _ = model_speed.build_segzoo('deeplab', 'resnet50', R50_SIZE, path, ctx)
+    step = _train_step_setup(net, _loss(framework), R50_SIZE, 2, ctx)
     for _ in range(3):
         model_speed._timed(step)
     print(json.dumps({'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -252,7 +253,7 @@ def train_rss(framework):
 def r50_rows(args, ctx):
     from gluoncv.model_zoo.segbase import MultiEvalModel
     from segzoo.inference import predict
-    size = 256
+    size = R50_SIZE
     gcv = model_speed.build_gluoncv('deeplab', 'resnet50', size, ctx)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'w.params')
@@ -265,7 +266,7 @@ def r50_rows(args, ctx):
     outs = {}
 
     def run_gcv():
-        outs['gluoncv'] = [evaluator(im.expand_dims(0)) for im in images]
+        outs['gluoncv'] = [evaluator(im) for im in images]   # (1, C, H, W) per (3, H, W) image
 
     def run_sz():
         outs['segzoo'] = [predict(sz, im, base_size=size, crop_size=size, scales=MS_SCALES, flip=True)
