@@ -110,6 +110,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, cras
     assert sorted(loaded) == sorted(good)
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_never_leaves_a_corrupt_checkpoint(tmp_path):
     """A real kill -9 at an arbitrary moment of a save loop: what is on disk always loads.
 

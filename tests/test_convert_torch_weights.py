@@ -88,6 +88,7 @@ def test_num_classes_checked_against_file(script, tmp_path, capsys):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_composer_checkpoint_converts_to_composer_logits(script, tmp_path):
     """R50 DeepLabV3+ with the oracle's synthetic weights: .pt -> .params -> the real Composer model's logits."""
     import segzoo

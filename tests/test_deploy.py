@@ -100,6 +100,7 @@ def test_exclude_keeps_layers_fp32(net, calib, inputs):
     assert block(inputs[1])[0].shape == (2, 21, 40, 72)
 
 
+@pytest.mark.slow
 def test_entropy_calibration():
     """Entropy (KL) thresholds on a 2-conv net (the KL search costs ~0.4 s per layer)."""
     small = mx.gluon.nn.HybridSequential()
@@ -189,6 +190,7 @@ def voc(sample_data, tmp_path_factory, net):
     return root, weights
 
 
+@pytest.mark.slow
 def test_test_script_int8_export_then_quantized(net, voc, tmp_path, capsys):
     script = load_script('test.py')
     root, weights = voc

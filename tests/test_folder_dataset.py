@@ -127,6 +127,7 @@ def _train_argv(root, save_dir, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_train_fine_tune_and_evaluate(folder_dataset, tmp_path, capsys):
     result = train.main(train.parse_args(_train_argv(folder_dataset, tmp_path / 'scratch')))
     assert len(result['class_iou']) == 3

@@ -50,6 +50,7 @@ def _assert_close(ours, theirs):
 
 
 @pytest.mark.parametrize('seed, name', list(enumerate(sorted(CASES))))
+@pytest.mark.slow
 def test_gluoncv_file_reproduces_gluoncv_outputs(seed, name, tmp_path):
     theirs = _gluoncv_net(name, CROP)
     _randomize(theirs, seed, CROP)
@@ -76,6 +77,7 @@ def test_gluoncv_file_reproduces_gluoncv_outputs(seed, name, tmp_path):
         _assert_close(mine, reference)
 
 
+@pytest.mark.slow
 def test_gluoncv_imagenet_backbone_file_loads(tmp_path):
     """A GluonCV ImageNet ResNet-50-v1s file (with its fc classifier) loads into our dilated backbone."""
     imagenet = gluoncv_zoo.resnet50_v1s(pretrained=False, dilated=True)

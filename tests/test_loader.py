@@ -105,6 +105,7 @@ def test_set_epoch_resumes_like_an_uninterrupted_run(voc_root, last_batch):
 
 
 # ------------------------------------------------------------------------------------------- seeding
+@pytest.mark.slow
 def test_seeded_runs_are_reproducible_across_worker_modes(voc_root):
     dataset = _voc(voc_root)
     runs = [_epochs(get_dataloader(dataset, 8, shuffle=True, num_workers=w, thread_pool=t, seed=11), 2)
@@ -159,6 +160,7 @@ class _NumpyRandomDataset(mx.gluon.data.Dataset):
         return np.full((1,), np.random.randint(1 << 30), np.int64), np.full((1,), random.getrandbits(30), np.int64)
 
 
+@pytest.mark.slow
 def test_worker_processes_seed_numpy_and_python_per_sample():
     def run():
         loader = get_dataloader(_NumpyRandomDataset(), 4, num_workers=2, thread_pool=False, seed=3)

@@ -51,6 +51,7 @@ def test_every_name_predicts_its_datasets_classes():
 
 
 @pytest.mark.parametrize('name', _one_name_per_network())
+@pytest.mark.slow
 def test_every_network_builds_and_runs(name):
     net = get_model(name, pretrained_base=False)
     num_classes = CLASSES[name.rsplit('_', 1)[1]]
@@ -118,6 +119,7 @@ def published_files(monkeypatch, tmp_path):
     return str(root), publish
 
 
+@pytest.mark.slow
 def test_pretrained_true_loads_the_store_file_without_imagenet_download(published_files):
     root, publish = published_files
     source = get_model('deeplab_resnet50_ade', pretrained_base=False)
@@ -141,6 +143,7 @@ def _imagenet_classifier(backbone):
     return imagenet, arrays
 
 
+@pytest.mark.slow
 def test_pretrained_base_loads_gluoncv_imagenet_file(published_files):
     root, publish = published_files
     imagenet, arrays = _imagenet_classifier('resnet50')
@@ -156,6 +159,7 @@ def test_pretrained_base_loads_gluoncv_imagenet_file(published_files):
         get_segmentation_model('fcn', backbone='resnet50', pretrained_base=True, root=root)
 
 
+@pytest.mark.slow
 def test_composer_names_start_from_gluoncv_v1b_imagenet_file(published_files):
     """Composer's zoo networks use torchvision's layout, whose GluonCV ImageNet file is resnet50_v1b."""
     root, publish = published_files

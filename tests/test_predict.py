@@ -35,6 +35,7 @@ def _model_args(weights_path, folder):
             '--classes', os.path.join(folder, 'classes.txt')]
 
 
+@pytest.mark.slow
 def test_folder_with_a_corrupt_file(folder_dataset, weights, tmp_path, capsys):
     inputs = tmp_path / 'in'
     shutil.copytree(os.path.join(folder_dataset, 'images', 'val'), inputs)
@@ -73,6 +74,7 @@ def _exit_status(argv, monkeypatch):
     return exit_info.value.code
 
 
+@pytest.mark.slow
 def test_exit_status_and_demo_panels(folder_dataset, weights, tmp_path, monkeypatch):
     good = os.path.join(folder_dataset, 'images', 'val')
     corrupt = tmp_path / 'corrupt.png'

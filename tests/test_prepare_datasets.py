@@ -186,6 +186,7 @@ def test_corrupt_or_missing_archive_is_named(monkeypatch, tmp_path, voc_archives
     assert (archives / 'benchmark.tgz').read_bytes() == served['/benchmark.tgz']
 
 
+@pytest.mark.slow
 def test_pascal_voc_runs_as_script(monkeypatch, tmp_path, voc_archives):
     # the real checksums are in the script, so a subprocess run is checked through its error path
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'datasets', 'pascal_voc.py'),
@@ -283,6 +284,7 @@ def test_ade20k_unpaired_files_reported(monkeypatch, tmp_path, ade_archives):
                              '--overwrite']))  # extracting again repairs the tree
 
 
+@pytest.mark.slow
 def test_ade20k_runs_as_script_offline(tmp_path, ade_archives):
     # ARCHIVES cannot be patched in a subprocess: give it an archive whose checksum is wrong and check the
     # error, which must name the file, the published checksum and the official URL, without a traceback.

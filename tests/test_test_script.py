@@ -127,6 +127,7 @@ def test_val_mode_centre_crops(voc_weights, voc_root, tmp_path):
     _assert_metrics(result, metric, dataset, out)
 
 
+@pytest.mark.slow
 def test_multi_scale_flip_on_two_cpu_contexts_equals_predict(voc_weights, voc_root, tmp_path):
     out = str(tmp_path / 'out')
     scales = (0.75, 1.25)
@@ -142,6 +143,7 @@ def test_multi_scale_flip_on_two_cpu_contexts_equals_predict(voc_weights, voc_ro
     _assert_metrics(result, metric, dataset, out)
 
 
+@pytest.mark.slow
 def test_test_mode_writes_voc_server_layout(voc_weights, voc_root, tmp_path):
     root = tmp_path / 'voc'
     shutil.copytree(os.path.join(voc_root, 'VOC2012'), root / 'VOC2012')
@@ -245,6 +247,7 @@ def test_demo_writes_mask_and_overlay(demo, voc_weights, voc_root, tmp_path, cap
     assert all(names[i] in printed for i in ids)
 
 
+@pytest.mark.slow
 def test_demo_command_line_and_errors(demo, voc_weights, voc_root, tmp_path):
     prefix = str(tmp_path / 'cli')
     env = dict(os.environ, OMP_NUM_THREADS='1')

@@ -96,9 +96,10 @@ def test_two_iterations_write_the_run_directory(voc_root, tmp_path, capsys):
         result['pixAcc'])
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_in_gluoncv(voc_root, tmp_path):
     """GluonCV's own FCN-ResNet50 loads train.py's checkpoint.params and gives the same logits (1 step, 32 px)."""
-    from gluoncv.model_zoo import get_fcn
+    get_fcn = pytest.importorskip('gluoncv.model_zoo').get_fcn     # the oracle (the test extra)
     run = tmp_path / 'r50'
     _run(voc_root, run, '--model', 'fcn', '--backbone', 'resnet50', '--no-pretrained-base', '--epochs', '1',
          '--no-val', '--stop-at-iter', '1')
@@ -113,6 +114,7 @@ def test_checkpoint_loads_in_gluoncv(voc_root, tmp_path):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_after_one_epoch_equals_two_epochs_straight(voc_root, tmp_path):
     """2 epochs straight == 1 epoch, stop, resume from the full state; bit-identical with the same seed."""
     _run(voc_root, tmp_path / 'straight')
@@ -127,6 +129,7 @@ def test_resume_after_one_epoch_equals_two_epochs_straight(voc_root, tmp_path):
     assert [json.loads(r)['mIoU'] for r in straight] == [json.loads(r)['mIoU'] for r in split]
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_equals_straight(voc_root, tmp_path):
     """Stop after iteration 1 of epoch 0 (--save-interval 1); resuming replays the rest of that epoch exactly."""
     _run(voc_root, tmp_path / 'straight', '--epochs', '1')
@@ -137,6 +140,7 @@ def test_mid_epoch_resume_equals_straight(voc_root, tmp_path):
                         rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_with_another_schedule_is_refused_and_params_start_a_new_stage(voc_root, tmp_path):
     run = tmp_path / 'run'
     _run(voc_root, run, '--epochs', '1', '--no-val')
@@ -210,6 +214,7 @@ def test_sgdw_matches_composer_formula():
         np.testing.assert_allclose(param.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_on_two_cpu_devices(voc_root, tmp_path):
     """With 2 devices (kvstore local) the trainable weights resume bit-exactly. BN running statistics are kept per
     device and averaged when saved (gluon's Parameter._reduce), so a resumed run restarts them from the device mean;
@@ -224,6 +229,7 @@ def test_resume_on_two_cpu_devices(voc_root, tmp_path):
         np.testing.assert_allclose(b[key], a[key], err_msg=key, **tol)
 
 
+@pytest.mark.slow
 def test_script_restarts_with_engine_workers_for_syncbn_on_cpu_contexts(voc_root, tmp_path):
     """``python train.py --syncbn --no-cuda --ngpus 2`` without MXNET_CPU_WORKER_NTHREADS: the entry point restarts
     the process once with 2 workers (1 deadlocks in SyncBN), so the run trains instead of hanging or exiting."""
@@ -247,6 +253,7 @@ def test_optimizers_are_built_where_chosen_not_registered_by_import():
         make_optimizer('lamb', 0.1)
 
 
+@pytest.mark.slow
 def test_composer_grad_norm_divides_by_devices_instead_of_images(voc_root, tmp_path):
     """Batch 4 on 2 CPU devices: Composer's normalisation (mean over devices of per-device mean losses) divides the
     summed gradients by 2 devices instead of GluonCV's 4 images, so it equals GluonCV's step at twice the lr.
@@ -264,6 +271,7 @@ def test_composer_grad_norm_divides_by_devices_instead_of_images(voc_root, tmp_p
     assert any(not np.array_equal(plain[k], b[k]) for k in weights)      # the switch changes the update
 
 
+@pytest.mark.slow
 def test_alpha_f_and_composer_timing_reach_the_trainer(voc_root, tmp_path):
     """The schedule flags build segzoo.lr_scheduler's schedule: the logged end-of-epoch lr is its value there."""
     from segzoo.lr_scheduler import get_lr_scheduler

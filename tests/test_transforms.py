@@ -217,6 +217,7 @@ def test_compose_is_editable():
 
 
 # ------------------------------------------------------------------------------------------- GluonCV parity
+@pytest.mark.slow
 def test_train_matches_gluoncv_sync_transform(sample_data):
     """Same Python random state -> the same draws, the same mask, the same image up to resize rounding.
 
