@@ -37,7 +37,6 @@ from segzoo import cli
 from segzoo.data import get_segmentation_dataset
 from segzoo.data.base import BASE_SIZE, CROP_SIZE
 from segzoo.data.loader import get_dataloader
-from segzoo.data.transforms import ImageNormalize
 from segzoo.deploy import flags as deploy_flags
 from segzoo.inference import FUSIONS, parallel_predict, predict_whole
 from segzoo.utils.fileio import write_json
@@ -66,6 +65,7 @@ def parse_args(argv=None):
                            'predictions only (default: testval with --eval, else test)')
     data.add_argument('--eval', action='store_true',
                       help='compute pixAcc/mIoU on a labelled split (GluonCV: split val, mode testval)')
+    cli.add_miou_arg(data)
     data.add_argument('--batch-size', '--test-batch-size', dest='batch_size', type=int, default=None,
                       help='images per step (default: one per device); multi-scale runs one image per device')
     ms = parser.add_argument_group('multi-scale evaluation (GluonCV MultiEvalModel)')
@@ -113,8 +113,9 @@ def _check_args(parser, args):
 
 # ------------------------------------------------------------------------------------------------ model, data
 def get_test_set(args):
-    """The evaluation dataset (segzoo's image normalisation; masks kept for val/testval)."""
-    kwargs = dict(split=args.split, mode=args.mode, transform=ImageNormalize(), base_size=args.base_size,
+    """The evaluation dataset through the ``--augment`` recipe's pipeline of ``--mode`` (``val`` with
+    ``--augment composer`` is Composer's protocol: image and label resized to the crop size squared)."""
+    kwargs = dict(split=args.split, mode=args.mode, transforms=args.augment, base_size=args.base_size,
                   crop_size=args.crop_size)
     if args.dataset_root:
         kwargs['root'] = args.dataset_root
@@ -210,7 +211,7 @@ def run_dataset(net, dataset, args, ctx_list):
 
     settings = multi_eval_settings(args)
     labelled = args.mode != 'test'
-    metric = SegmentationMetric(dataset.NUM_CLASS) if labelled else None
+    metric = SegmentationMetric(dataset.NUM_CLASS, present_only=args.miou == 'present') if labelled else None
     batch_size = args.batch_size or len(ctx_list)
     loader = get_dataloader(dataset, batch_size, shuffle=False, last_batch='keep', num_workers=args.workers,
                             seed=0, batchify='list')
@@ -292,7 +293,8 @@ def main(args):
         record.update(pixAcc=pix_acc, mIoU=miou,
                       class_iou={name: float(v) for name, v in zip(dataset.CLASSES, class_iou)})
         print(class_iou_table(class_iou, dataset.CLASSES))
-        print(f'pixAcc {100 * pix_acc:.2f}  mIoU {100 * miou:.2f}  ({count} images, {seconds:.1f} s)')
+        print(f'pixAcc {100 * pix_acc:.2f}  {cli.miou_name(metric.present_only)} {100 * miou:.2f}  ({count} images, '
+              f'{seconds:.1f} s)')
     if saved:
         where = prediction_path(args.out_dir, args.dataset, args.mode, 'x')
         print(f'{saved} prediction PNGs in {os.path.dirname(where)}')

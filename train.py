@@ -133,9 +133,7 @@ def parse_args(argv=None):
     run.add_argument('--stop-at-iter', type=int, default=None,
                      help='stop after this many iterations in total (checkpointed; continue with --resume RUN_DIR)')
     run.add_argument('--log-interval', type=int, default=20, help='iterations between loss syncs/log lines')
-    run.add_argument('--miou', type=str, default='all', choices=('all', 'present'),
-                     help="all: GluonCV's mean over every class; present: Composer's MIoU, the mean over the classes "
-                          "present in the labels or predictions (equal on a full validation set)")
+    cli.add_miou_arg(run)
     run.add_argument('--eval', action='store_true', help='only evaluate on the validation split')
     run.add_argument('--no-val', action='store_true', help='skip validation after each epoch')
     run.add_argument('--seed', type=int, default=0, help='seed of shuffling, augmentation and dropout')
@@ -433,7 +431,7 @@ def end_epoch(net, trainer, state, stats, val_data, config):
                                                     config.present_only))
         pix_acc, miou = (float(v) for v in metric.get())
         record.update(pixAcc=pix_acc, mIoU=miou)
-        scores = f' | pixAcc {100 * pix_acc:.2f} {miou_name(metric)} {100 * miou:.2f}'
+        scores = f' | pixAcc {100 * pix_acc:.2f} {cli.miou_name(metric.present_only)} {100 * miou:.2f}'
     improved = record['mIoU'] is not None and record['mIoU'] > state.best_miou
     if improved:
         state.best_miou = record['mIoU']
@@ -467,19 +465,14 @@ def fit(net, loss_fn, trainer, state, train_data, val_data, config):
     return result
 
 
-def miou_name(metric):
-    """How the logs name the metric's mean IoU."""
-    return 'mIoU(present classes, Composer)' if metric.present_only else 'mIoU'
-
-
 def validate(net, val_data, ctx_list, dtype, workers, present_only=False):
     """``--eval``: one validation pass (summed over the workers), logged with the per-class IoU table; returns its
     metrics."""
     metric = workers.sum_metric(evaluate(net, val_data, ctx_list, net.num_classes, dtype, present_only))
     pix_acc, miou = (float(v) for v in metric.get())
     class_iou = metric.get_class_iou()
-    logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  {miou_name(metric)} {100 * miou:.2f}\nper-class IoU (%):\n'
-                + class_iou_table(class_iou, val_data.dataset.CLASSES))
+    logger.info(f'validation: pixAcc {100 * pix_acc:.2f}  {cli.miou_name(metric.present_only)} {100 * miou:.2f}\n'
+                'per-class IoU (%):\n' + class_iou_table(class_iou, val_data.dataset.CLASSES))
     return {'pixAcc': pix_acc, 'mIoU': miou, 'class_iou': class_iou.tolist()}
 
 

@@ -36,8 +36,8 @@ from .utils.viz import class_palette
 from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
 __all__ = ['run', 'UsageError', 'usage_error', 'FAILURES', 'KVSTORES', 'check_args', 'base_parser',
-           'add_model_args', 'add_data_args', 'add_device_args', 'get_contexts', 'get_kvstore',
-           'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes',
+           'add_model_args', 'add_data_args', 'add_device_args', 'add_miou_arg', 'miou_name', 'get_contexts',
+           'get_kvstore', 'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes',
            'check_folder_dataset', 'dataset_classes', 'dataset_palette', 'label_reader', 'load_weights_file',
            'method_name', 'build_model', 'run_dir', 'setup_logger']
 
@@ -209,6 +209,19 @@ def add_data_args(parser, default_dataset='pascal_aug'):
                        help="data pipelines: GluonCV's, or Composer's ADE20K recipe (square resize, class-ratio "
                             "crop, photometric distortion; val resized to --crop-size squared)")
     return group
+
+
+def add_miou_arg(group):
+    """``--miou all|present``: GluonCV's mean IoU over every class, or Composer's MIoU over the classes present
+    (``SegmentationMetric(present_only=...)``)."""
+    group.add_argument('--miou', type=str, default='all', choices=('all', 'present'),
+                       help="all: GluonCV's mean over every class; present: Composer's MIoU, the mean over the "
+                            "classes present in the labels or predictions (equal on a full validation set)")
+
+
+def miou_name(present_only):
+    """How logs and tables name the mean IoU."""
+    return 'mIoU(present classes, Composer)' if present_only else 'mIoU'
 
 
 def add_device_args(parser):

@@ -40,6 +40,7 @@ def _composer_structure(arch, use_plus, num_classes):
 
 
 @pytest.mark.parametrize('model', sorted(MODELS))
+@pytest.mark.slow
 def test_logits_equal_composer_on_the_same_weights(model):
     arch, use_plus, num_classes = MODELS[model]
     net = load_torch_state_dict(_composer_structure(arch, use_plus, num_classes), _state_dict(model))
@@ -67,6 +68,7 @@ def test_composer_deeplabv3_signature_defaults_and_loss():
         segzoo.composer_deeplabv3(4, backbone_arch='resnet18')
 
 
+@pytest.mark.slow
 def test_sync_bn_over_several_devices():
     net = segzoo.composer_deeplabv3(3, backbone_arch='resnet50', ctx=[mx.cpu(0), mx.cpu(1)])
     assert type(net.backbone.bn1).__name__ == 'SyncBatchNorm'
@@ -75,6 +77,7 @@ def test_sync_bn_over_several_devices():
     assert type(single.backbone.bn1).__name__ == 'BatchNorm'  # Composer: SyncBN only when world_size > 1
 
 
+@pytest.mark.slow
 def test_initializers_follow_composer():
     mx.random.seed(0)
     default = load_weights(get_segmentor('deeplabplus', 'resnet_tiny_v1b', 3), mx.cpu(), scheme='torch')
@@ -110,6 +113,7 @@ def test_state_dict_errors_name_the_keys():
     assert net.head.conv_seg.weight._data is None                     # nothing loaded
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_loads_into_the_backbone():
     state = _state_dict('resnet50_plus')
     torchvision = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
@@ -124,6 +128,7 @@ def test_torchvision_state_dict_loads_into_the_backbone():
         load_torch_state_dict(net.backbone, {k: v for k, v in torchvision.items() if k != 'layer1.0.conv1.weight'})
 
 
+@pytest.mark.slow
 def test_loss_and_metric_equal_composer():
     data = _fixture('loss.npz')
     logits, labels = mx.nd.array(data['logits']), mx.nd.array(data['labels'])
@@ -155,6 +160,7 @@ BN_COUNTS = {'backbone.bn1': 2 * 17 * 17, 'backbone.layer4.2.bn3': 2 * 5 * 5,
 
 
 @pytest.mark.parametrize('optimizer', ['sgd', 'sgdw'])
+@pytest.mark.slow
 def test_one_train_step_equals_composer(optimizer):
     """One step with Composer's gradient normalisation (mean over the device's valid pixels; one device):
     train-mode BN, dropout off in both (as in the fixture), SGD(0.01, momentum 0.9, wd 5e-4) or SGDW(wd 2e-5).
@@ -197,6 +203,7 @@ def test_one_train_step_equals_composer(optimizer):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_backbone_weights_imagenet1k_download_into_composer_model(monkeypatch, tmp_path):
     """backbone_weights='IMAGENET1K_V1': torchvision's file (here a synthetic stand-in served on 127.0.0.1 under a name
     carrying its SHA-256 prefix) is downloaded, verified, converted into the backbone; the head is initialised."""
@@ -259,3 +266,32 @@ def test_recipe_script_runs_scaled_down_on_ade20k(recipe, tmp_path, sample_data)
                     head_lr_mult=1.0, initializers=['kaiming_normal', 'bn_ones'], syncbn=True, miou='present')
     assert {key: flags[key] for key in expected} == expected
     assert os.path.isfile(run_dir / 'checkpoint.params')
+
+
+def test_test_script_evaluates_with_composers_protocol(tmp_path, sample_data):
+    """test.py --mode val --augment composer: image (bilinear) and label (nearest) resized to the crop size squared,
+    then single-scale, as Composer evaluates ADE20K; --miou present is Composer's MIoU."""
+    from helpers import load_script
+    from segzoo.data import get_segmentation_dataset
+
+    mx.random.seed(0)
+    net = segzoo.get_segmentation_model('deeplabplus', dataset='ade20k', backbone='resnet_tiny_v1b')
+    weights = str(tmp_path / 'tiny.params')
+    net.save_parameters(weights)
+    root = os.path.join(sample_data, 'ade_mini')
+    script = load_script('test.py')
+    result = script.main(script.parse_args(
+        ['--model', 'deeplabplus', '--backbone', 'resnet_tiny_v1b', '--dataset', 'ade20k', '--dataset-root', root,
+         '--resume', weights, '--mode', 'val', '--augment', 'composer', '--miou', 'present', '--crop-size', '48',
+         '--no-cuda',
+         '--workers', '0', '--out-dir', str(tmp_path / 'out')]))
+    dataset = get_segmentation_dataset('ade20k', split='val', mode='val', root=root, transforms='composer',
+                                       crop_size=48)
+    metric = SegmentationMetric(150, present_only=True)
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        assert image.shape == (3, 48, 48) and label.shape == (48, 48)
+        metric.update(label, net(mx.nd.array(image[None]))[0][0].argmax(axis=0).asnumpy().astype(np.int64))
+    assert result['num_images'] == 3
+    assert result['pixAcc'] == pytest.approx(metric.get()[0], abs=1e-12)
+    assert result['mIoU'] == pytest.approx(metric.get()[1], abs=1e-12)
