@@ -98,6 +98,7 @@ def test_initializers_follow_composer():
         load_weights(get_segmentor('deeplabplus', 'resnet_tiny_v1b', 3), mx.cpu(), initializers=('xavier',))
 
 
+@pytest.mark.slow
 def test_state_dict_errors_name_the_keys():
     state = _state_dict('resnet50_plus')
     net = _composer_structure('resnet50', True, 3)
@@ -268,6 +269,7 @@ def test_recipe_script_runs_scaled_down_on_ade20k(recipe, tmp_path, sample_data)
     assert os.path.isfile(run_dir / 'checkpoint.params')
 
 
+@pytest.mark.slow
 def test_test_script_evaluates_with_composers_protocol(tmp_path, sample_data):
     """test.py --mode val --augment composer: image (bilinear) and label (nearest) resized to the crop size squared,
     then single-scale, as Composer evaluates ADE20K; --miou present is Composer's MIoU."""

@@ -218,6 +218,7 @@ def test_test_script_int8_export_then_quantized(net, voc, tmp_path, capsys):
     assert 'add --no-cuda' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_precision(voc, tmp_path, sample_data):
     script = load_script(os.path.join('scripts', 'demo.py'))
     root, weights = voc

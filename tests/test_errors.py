@@ -98,6 +98,7 @@ def test_dataset_root_missing_or_wrong_layout(voc_root, tmp_path, capsys):
     assert code == 1 and 'split list not found' in lines[0] and str(wrong) in lines[0]
 
 
+@pytest.mark.slow
 def test_resume_to_nothing_corrupt_or_another_model(voc_root, tmp_path, capsys):
     code, lines = _fails(capsys, train, _argv(voc_root, tmp_path / 'r', '--resume', str(tmp_path / 'none.params')))
     assert code == 1 and lines[0] == f'error: --resume {tmp_path / "none.params"}: file does not exist'
@@ -122,6 +123,7 @@ def test_resume_to_nothing_corrupt_or_another_model(voc_root, tmp_path, capsys):
     assert code == 1 and f'{run / ckpt.CHECKPOINT_JSON} is not valid JSON (corrupt or truncated)' in lines[0]
 
 
+@pytest.mark.slow
 def test_class_count_mismatch_and_reset_classes(voc_root, tmp_path, capsys):
     five = _save_model(tmp_path / 'five.params', num_classes=5)
     code, lines = _fails(capsys, train, _argv(voc_root, tmp_path / 'run', '--resume', five))
@@ -180,6 +182,7 @@ def test_debug_shows_the_traceback(voc_root, tmp_path):
         cli.run(train.main, train.parse_args, _argv(voc_root, tmp_path / 'r', '--resume', 'none.params', '--debug'))
 
 
+@pytest.mark.slow
 def test_the_script_prints_one_line_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--no-cuda', '--resume',
                            str(tmp_path / 'none.params'), '--save-dir', str(tmp_path / 'run')],

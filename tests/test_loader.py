@@ -92,6 +92,7 @@ def test_batch_sampler_matches_gluon_batch_sampler(batch_size, last_batch):
 
 
 @pytest.mark.parametrize('last_batch', ['rollover', 'discard'])
+@pytest.mark.slow
 def test_set_epoch_resumes_like_an_uninterrupted_run(voc_root, last_batch):
     dataset = _voc(voc_root)
     straight = _epochs(get_dataloader(dataset, 7, shuffle=True, last_batch=last_batch, num_workers=2, seed=5), 3)

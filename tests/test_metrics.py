@@ -119,6 +119,7 @@ def test_bad_input_raises():
         metric.update(np.zeros((1, 2, 2)), [np.zeros((1, 3, 2, 2))])
 
 
+@pytest.mark.slow
 def test_faster_than_gluoncv(gluoncv):
     rng = np.random.default_rng(0)
     logits = mx.nd.array(rng.standard_normal((4, 21, 480, 480), dtype=np.float32))

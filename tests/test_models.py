@@ -29,6 +29,7 @@ def test_outputs_are_logits_at_input_size(method, aux):
 
 
 @pytest.mark.parametrize('method', METHODS)
+@pytest.mark.slow
 def test_one_hybridized_network_serves_two_sizes(method):
     net = _initialized_segmentor(method)
     inputs = [mx.nd.random.uniform(shape=(1, 3, h, w)) for h, w in SIZES]

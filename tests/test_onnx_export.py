@@ -28,6 +28,7 @@ def _within_range(actual, expected, fraction):
 
 
 @pytest.mark.parametrize('method', ['fcn', 'psp', 'deeplab', 'deeplabplus'])
+@pytest.mark.slow
 def test_zoo_family_runs_at_any_size(method, tmp_path):
     mx.random.seed(5)
     net = get_segmentation_model(method, backbone='resnet_tiny', aux=True, pretrained_base=False)
@@ -94,6 +95,7 @@ def test_refusals(monkeypatch, tmp_path):
         check_onnx()
 
 
+@pytest.mark.slow
 def test_export_script_checks_the_file(tmp_path, capsys):
     script = load_script(os.path.join('scripts', 'export_onnx.py'))
     net = get_segmentation_model('psp', backbone='resnet_tiny', pretrained_base=False)

@@ -113,6 +113,7 @@ def test_testval_single_scale_batch_3_matches_independent_metric(voc_weights, vo
         np.testing.assert_array_equal(np.asarray(png), pred)
 
 
+@pytest.mark.slow
 def test_val_mode_centre_crops(voc_weights, voc_root, tmp_path):
     out = str(tmp_path / 'out')
     # batch 4 split 2 + 2 over two CPU contexts (whole-image path)
@@ -162,6 +163,7 @@ def test_test_mode_writes_voc_server_layout(voc_weights, voc_root, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(folder / f'{ids[0]}.png')), expected)
 
 
+@pytest.mark.slow
 def test_ade_predictions_are_saved_with_pred_offset(ade_root, tmp_path_factory, tmp_path):
     weights = _tiny_weights(tmp_path_factory, 'ade20k', 1)
     root = ade_root
