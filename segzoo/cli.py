@@ -26,19 +26,19 @@ from tqdm import tqdm
 
 from .data.base import BASE_SIZE, CROP_SIZE
 from .data.transforms import RECIPES
-from .data import DATASETS, NUM_CLASS, DatasetError
+from .data import DATASETS, DatasetError
 from .data.folder import check_folder, folder_label_lut, read_classes, read_label, read_palette
-from .model_store import get_model_file
-from .model_zoo import get_model, get_segmentation_model, list_models, model_dataset
+from .model_zoo import get_model, get_segmentation_model, list_models
 from .models import METHODS
 from .models.resnet import BACKBONES
+from .models.weights import ClassCountError
 from .utils.viz import class_palette
 from .utils.parallel import ensure_engine_threads, engine_threads_needed
 
 __all__ = ['run', 'UsageError', 'usage_error', 'FAILURES', 'KVSTORES', 'check_args', 'base_parser',
            'add_model_args', 'add_data_args', 'add_device_args', 'add_miou_arg', 'miou_name', 'get_contexts',
            'get_kvstore', 'get_norm_layer', 'resolve_pretrained', 'has_weights', 'load_eval_model', 'check_num_classes',
-           'check_folder_dataset', 'dataset_classes', 'dataset_palette', 'label_reader', 'load_weights_file',
+           'check_folder_dataset', 'dataset_classes', 'dataset_palette', 'label_reader',
            'method_name', 'build_model', 'run_dir', 'setup_logger']
 
 
@@ -403,55 +403,32 @@ def build_model(args, ctx_list, weights=None, dataset=None, num_classes=None):
         Its forward gives a tuple of logits ``(B, num_classes, H, W)``.
     """
     norm_layer, norm_kwargs = get_norm_layer(args.syncbn, len(ctx_list))
-    pretrained = resolve_pretrained(args)
+    if weights and not os.path.isfile(weights):
+        raise SystemExit(f'error: weights file {weights!r} does not exist')
     reset = getattr(args, 'reset_classes', False)
-    if args.model_zoo and pretrained and not weights and (
-            reset or num_classes not in (None, NUM_CLASS[model_dataset(args.model_zoo)])):
-        weights = get_model_file(args.model_zoo, root=args.model_root)   # loaded below, classifiers aside
-        source = f'--model-zoo {args.model_zoo}'
-    else:
-        source = weights
-    if weights:
-        pretrained = False     # the file replaces every weight; skip the download
-    # None lets the zoo decide: ImageNet weights when they exist and nothing else is loaded.
-    pretrained_base = (args.backbone_weights or None) if args.pretrained_base and not weights else False
-    common = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs, pretrained_base=pretrained_base,
-                  initializers=tuple(getattr(args, 'initializers', ())),
+    # which weights load is segzoo.models.weights' rule: the file, else published ones, else ImageNet + init
+    common = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs, pretrained=weights or resolve_pretrained(args),
+                  pretrained_base=(args.backbone_weights or None) if args.pretrained_base else False,
+                  initializers=tuple(getattr(args, 'initializers', ())), reset_classes=reset,
                   root=args.model_root, ctx=ctx_list)
     if num_classes is not None:
         common['num_classes'] = num_classes
-    if args.model_zoo:
-        # A zoo name keeps the zoo's structure (aux head included, as GluonCV's zoo and old train.py), so its
-        # published weights always load; the loss follows the network (``net.aux_head``).
-        net = get_model(args.model_zoo, pretrained=pretrained, **common)
-    else:
-        net = get_segmentation_model(model=args.model, dataset=dataset or args.dataset, backbone=args.backbone,
-                                     aux=args.aux, pretrained=pretrained, **common)
-    if weights:
-        if not os.path.isfile(weights):
-            raise SystemExit(f'error: weights file {weights!r} does not exist')
-        load_weights_file(net, weights, ctx_list, args, source, reset)
-    return net
-
-
-def load_weights_file(net, filename, ctx_list, args, source, reset_classes=False):
-    """Load `filename` into `net`; with `reset_classes` all but the classifiers, which keep their fresh
-    initialisation (logged by name). A file for another class count exits with a one-line error."""
-    skip = net.classifier_keys() if reset_classes else []
+    source = weights or f'--model-zoo {args.model_zoo}'
     try:
-        net.load_parameters(filename, ctx=ctx_list, skip=skip)
-    except ValueError as err:
-        try:
-            loaded = mx.nd.load(filename)
-        except mx.base.MXNetError:      # not a parameter file at all: the loader's message names it
-            raise err from None
-        counts = {loaded[key].shape[0] for key in net.classifier_keys() if key in loaded and loaded[key].ndim == 4}
-        if not reset_classes and counts and counts != {net.num_classes}:
-            _class_count_error(args, source, min(counts), net.num_classes)
-        raise
-    if skip:
+        if args.model_zoo:
+            # A zoo name keeps the zoo's structure (aux head included, as GluonCV's zoo and old train.py), so its
+            # published weights always load; the loss follows the network (``net.aux_head``).
+            net = get_model(args.model_zoo, **common)
+        else:
+            net = get_segmentation_model(model=args.model, dataset=dataset or args.dataset, backbone=args.backbone,
+                                         aux=args.aux, **common)
+    except ClassCountError as err:
+        _class_count_error(args, source, err.file_classes, err.num_classes)
+    if reset and common['pretrained']:
         logging.getLogger('segzoo').info(f'--reset-classes: loaded {source} except the class-dependent layers, '
-                                         f're-initialised for {net.num_classes} classes: {", ".join(skip)}')
+                                         f're-initialised for {net.num_classes} classes: '
+                                         f'{", ".join(net.classifier_keys())}')
+    return net
 
 
 def setup_logger(log_file=None, level=logging.INFO):

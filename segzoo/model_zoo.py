@@ -85,8 +85,9 @@ def get_model(name, pretrained=False, root=DEFAULT_ROOT, ctx=mx.cpu(), **kwargs)
     **kwargs
         ``aux`` (default: True for GluonCV's names, like GluonCV's zoo; False for Composer's), ``pretrained_base``
         (see ``segzoo.models.weights.imagenet_source``), ``norm_layer``, ``norm_kwargs``, ``base_size``,
-        ``crop_size``, ``num_classes`` (default: the dataset's; e.g. a folder dataset's classes.txt), and head
-        arguments.
+        ``crop_size``, ``num_classes`` (default: the dataset's; e.g. a folder dataset's classes.txt),
+        ``reset_classes`` (load the weights but the classifiers, for another class count), ``initializers``
+        (Composer's), and head arguments.
 
     Returns
     -------
@@ -97,7 +98,8 @@ def get_model(name, pretrained=False, root=DEFAULT_ROOT, ctx=mx.cpu(), **kwargs)
     ------
     ValueError
         Unknown name (the message lists the valid names); ``pretrained=True`` for a name without published
-        weights; a parameter file that does not match the network.
+        weights; a parameter file that does not match the network (``segzoo.models.weights.ClassCountError`` when
+        it predicts another number of classes).
     """
     method, backbone, dataset = _zoo_entry(name)
     kwargs.setdefault('aux', family(method).zoo_aux)
@@ -141,7 +143,7 @@ def get_segmentation_model(model, dataset='pascal_voc', backbone='resnet50', aux
 
 
 def _build(method, backbone, dataset, name, pretrained, root, ctx, pretrained_base=None, initializers=(),
-           **kwargs):
+           reset_classes=False, **kwargs):
     weights = _weights_file(name, pretrained, root)
     conventions = family(method)
     kwargs.setdefault('base_size', conventions.sizes[0])
@@ -150,7 +152,7 @@ def _build(method, backbone, dataset, name, pretrained, root, ctx, pretrained_ba
     net = get_segmentor(method, backbone, num_classes, **kwargs)
     backbone_weights = None if weights else imagenet_source(backbone, pretrained_base)
     return load_weights(net, ctx, weights=weights, backbone_weights=backbone_weights, root=root,
-                        scheme=conventions.init, initializers=initializers)
+                        scheme=conventions.init, initializers=initializers, reset_classes=reset_classes)
 
 
 def _weights_file(name, pretrained, root):

@@ -168,3 +168,23 @@ def test_composer_names_start_from_gluoncv_v1b_imagenet_file(published_files):
     net = get_model('deeplabplus_resnet50_ade', root=root)
     assert not net.aux and (net.base_size, net.crop_size) == (512, 512)
     np.testing.assert_array_equal(net.backbone.conv1.weight.data().asnumpy(), imagenet.conv1.weight.data().asnumpy())
+
+
+def test_published_weights_fine_tune_to_other_classes(published_files):
+    """reset_classes=True loads a published file into a network for another class count, all but the classifiers;
+    without it the mismatch is a ClassCountError naming both counts."""
+    from segzoo.models.weights import ClassCountError
+
+    root, publish = published_files
+    source = get_model('fcn_resnet50_ade', pretrained_base=False)
+    publish('fcn_resnet50_ade', source.save_parameters)
+    with pytest.raises(ClassCountError, match='150 classes, the network 3'):
+        get_model('fcn_resnet50_ade', pretrained=True, root=root, num_classes=3)
+    net = get_model('fcn_resnet50_ade', pretrained=True, root=root, num_classes=3, reset_classes=True)
+    assert net.classifier_keys() == ['auxlayer.block.4.bias', 'auxlayer.block.4.weight', 'head.block.4.bias',
+                                     'head.block.4.weight']
+    assert net.head.block[4].weight.shape == (3, 512, 1, 1)
+    np.testing.assert_array_equal(net.head.block[0].weight.data().asnumpy(),
+                                  source.head.block[0].weight.data().asnumpy())
+    np.testing.assert_array_equal(net.backbone.layer4[2].conv3.weight.data().asnumpy(),
+                                  source.backbone.layer4[2].conv3.weight.data().asnumpy())

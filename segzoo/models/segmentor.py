@@ -118,20 +118,24 @@ class Segmentor(HybridBlock):
         load_params_strict(params, filename, ctx=ctx, ignore_extra=ignore,
                            allow_missing=allow_missing, cast_dtype=cast_dtype, dtype_source=dtype_source)
 
-    def classifier_keys(self):
-        """GluonCV keys of the class-dependent parameters: the classifier of the head and of the aux head.
+    def classifiers(self):
+        """The class-dependent layers: the classifier conv of the head and of the aux head.
 
         A head's classifier is its last convolution with ``num_classes`` output channels (found by structure and
         shape, not by name), so the list is right for every head type.
         """
-        owned = set()
+        found = []
         for head in (self.head, self.aux_head):
             convs = []
             if head is not None:
                 head.apply(lambda block: convs.append(block) if isinstance(block, Conv2D) else None)
             convs = [conv for conv in convs if conv.weight.shape[0] == self.num_classes]
-            if convs:
-                owned.update(id(param) for param in convs[-1].params.values())
+            found.extend(convs[-1:])
+        return found
+
+    def classifier_keys(self):
+        """GluonCV keys of the parameters of :meth:`classifiers`."""
+        owned = {id(param) for conv in self.classifiers() for param in conv.params.values()}
         return sorted(key for key, param in self.gluoncv_params().items() if id(param) in owned)
 
 

@@ -11,6 +11,7 @@ stem, ``resnet101_v1b`` for torchvision's layout), or torchvision's own files, `
 import math
 
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 
 from ..model_store import get_model_file
@@ -45,7 +46,17 @@ def imagenet_source(backbone, pretrained_base=None):
     return pretrained_base
 
 
-def load_weights(net, ctx, weights=None, backbone_weights=None, root=None, scheme='gluoncv', initializers=()):
+class ClassCountError(ValueError):
+    """A weights file predicts another number of classes than the network (``file_classes`` vs ``num_classes``)."""
+
+    def __init__(self, filename, file_classes, num_classes):
+        super().__init__(f'{filename} predicts {file_classes} classes, the network {num_classes}; load it with '
+                         'reset_classes=True to keep every other weight and train new classifiers')
+        self.filename, self.file_classes, self.num_classes = filename, file_classes, num_classes
+
+
+def load_weights(net, ctx, weights=None, backbone_weights=None, root=None, scheme='gluoncv', initializers=(),
+                 reset_classes=False):
     """Set every parameter of the Segmentor `net` on `ctx` (a Context or a list), following the module's rule.
 
     Parameters
@@ -61,23 +72,55 @@ def load_weights(net, ctx, weights=None, backbone_weights=None, root=None, schem
     initializers : sequence of str
         Composer's initializers (``INITIALIZERS``), applied after the scheme to every parameter no file set:
         the whole model without backbone weights, else the heads, as ``composer_deeplabv3`` does.
+    reset_classes : bool
+        With `weights`: load every weight but the classifiers (``net.classifier_keys()``), which keep the
+        scheme's initialisation (fine-tuning to other classes).
+
+    Raises
+    ------
+    ClassCountError
+        `weights` predicts another number of classes and `reset_classes` is False.
     """
     ctx_list = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
     unknown = sorted(set(initializers) - set(INITIALIZERS))
     if unknown:
         raise ValueError(f'unknown initializers {unknown}; valid: {", ".join(INITIALIZERS)}')
-    if weights is not None:
-        net.load_parameters(weights, ctx=ctx_list)
+    if weights is not None and not reset_classes:
+        _load_file(net, weights, ctx_list)
         return net
-    if backbone_weights is not None:
+    imagenet = backbone_weights is not None and weights is None
+    if imagenet:
         load_backbone_weights(net.backbone, backbone_weights, root)
     fresh = [block for block in (net.backbone, net.head, net.aux_head)
-             if block is not None and not (block is net.backbone and backbone_weights is not None)]
+             if block is not None and not (block is net.backbone and imagenet)]
+    backbone_init, head_init = _SCHEMES[scheme]
     for block in fresh:
-        _SCHEMES[scheme](block, is_backbone=block is net.backbone, ctx_list=ctx_list)
+        block.initialize(backbone_init if block is net.backbone else head_init, ctx=ctx_list)
+    if scheme == 'torch':
+        for conv in net.classifiers():   # torch's Conv2d default, U(+-1/sqrt(fan_in)) on weight and bias
+            bound = 1.0 / math.sqrt(int(np.prod(conv.weight.shape[1:])))
+            for param in (conv.weight, conv.bias):
+                param.set_data(mx.nd.random.uniform(-bound, bound, shape=param.shape))
+    for block in fresh:
         _apply_initializers(block, initializers)
     net.collect_params().reset_ctx(ctx_list)
+    if weights is not None:
+        _load_file(net, weights, ctx_list, skip=net.classifier_keys())
     return net
+
+
+def _load_file(net, weights, ctx_list, skip=()):
+    try:
+        net.load_parameters(weights, ctx=ctx_list, skip=skip)
+    except ValueError as err:
+        try:
+            stored = mx.nd.load(weights)
+        except mx.base.MXNetError:     # not a parameter file at all: the loader's message names it
+            raise err from None
+        counts = {stored[key].shape[0] for key in net.classifier_keys() if key in stored and stored[key].ndim == 4}
+        if not skip and counts and counts != {net.num_classes}:
+            raise ClassCountError(weights, min(counts), net.num_classes) from err
+        raise
 
 
 def load_backbone_weights(backbone, source, root=None):
@@ -113,32 +156,13 @@ def _conv_layers(block):
     return found
 
 
-def _is_classifier(conv):
-    # In these networks only the classifiers' convolutions have a bias: every other conv feeds a norm layer.
-    return conv.bias is not None
-
-
-def _init_gluoncv(block, is_backbone, ctx_list):
-    """GluonCV: He (MSRA) for a random backbone (it has ReLUs), Gluon's Uniform(0.07) for heads; biases zero."""
-    init = mx.init.MSRAPrelu() if is_backbone else mx.init.Uniform()
-    block.initialize(init, ctx=ctx_list)
-
-
-def _init_torch(block, is_backbone, ctx_list):
-    """torchvision's and mmcv's constructor defaults (Composer calls no other init): every conv
-    kaiming_normal_(mode='fan_out', relu), i.e. N(0, 2/fan_out); BatchNorm 1/0; the classifier keeps torch's
-    Conv2d default, U(+-1/sqrt(fan_in)) on weight and bias."""
-    del is_backbone
-    block.initialize(mx.init.MSRAPrelu(factor_type='out', slope=0.0), ctx=ctx_list)
-    for conv in _conv_layers(block):
-        if _is_classifier(conv):
-            out_channels, in_channels, kh, kw = conv.weight.shape
-            bound = 1.0 / math.sqrt(in_channels * kh * kw)
-            for param in (conv.weight, conv.bias):
-                param.set_data(mx.nd.random.uniform(-bound, bound, shape=param.shape))
-
-
-_SCHEMES = {'gluoncv': _init_gluoncv, 'torch': _init_torch}
+# What the family's scheme gives every parameter no file sets (the torch scheme then gives the classifiers torch's
+# Conv2d default, see load_weights):
+# gluoncv: He (MSRA) for a random backbone (it has ReLUs), Gluon's Uniform(0.07) for heads, as GluonCV; biases 0.
+# torch: torchvision's and mmcv's constructor defaults (Composer calls no other init): every conv
+#        kaiming_normal_(mode='fan_out', relu) = N(0, 2/fan_out); BatchNorm 1/0.
+_TORCH_CONV = mx.init.MSRAPrelu(factor_type='out', slope=0.0)
+_SCHEMES = {'gluoncv': (mx.init.MSRAPrelu(), mx.init.Uniform()), 'torch': (_TORCH_CONV, _TORCH_CONV)}  # backbone, heads
 
 
 def _apply_initializers(block, initializers):
