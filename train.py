@@ -310,15 +310,19 @@ def plot_curves(run_dir):
 # ----------------------------------------------------------------------------------------------- loops
 def train_step(net, loss_fn, trainer, image, label, config, step):
     """One optimizer step on this worker's share of a global batch; returns the per-device losses (not
-    synchronised). Without threads each device's dropout draws from (seed, step, global device index), so the
-    masks do not depend on how the devices are spread over processes."""
+    synchronised). Each device's dropout draws from (seed, step, global device index), so the masks do not depend on
+    how the devices are spread over processes. With threads (SyncBN) each device thread seeds its own device: MXNet's
+    CPU dropout keeps generator state per thread, which the reused device threads would otherwise carry on."""
     images = split_batch(image.astype(config.dtype, copy=False), config.ctx_list)
     labels = split_batch(label, config.ctx_list)
     first_device = config.workers.first_device(len(config.ctx_list))
 
     def forward_backward(device, x, y):
-        if not config.threaded:
-            ckpt.seed_mx(distributed.device_seed(config.seed, step, first_device + device))
+        device_seed = distributed.device_seed(config.seed, step, first_device + device)
+        if config.threaded:
+            mx.random.seed(device_seed, ctx=config.ctx_list[device])
+        else:
+            ckpt.seed_mx(device_seed)
         # backward in the device's own thread too: SyncBN's backward also waits for every device
         with autograd.record():
             loss = loss_fn(*net(x), y)

@@ -139,6 +139,9 @@ def save_checkpoint(run_dir, net, trainer, state, args=None, best=False):
     for old in glob.glob(os.path.join(run_dir, 'state-*')):
         if os.path.basename(old) not in keep:
             os.remove(old)
+    for torn in glob.glob(os.path.join(run_dir, '.*.tmp*')):    # left by a killed run (the run lock excludes others)
+        if not torn.endswith(f'.tmp{os.getpid()}'):
+            os.remove(torn)
 
 
 def find_state(path):
