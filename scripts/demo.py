@@ -62,6 +62,7 @@ def check_prediction_args(parser, args):
     """Exit through ``parser.error`` unless some weights are named and the precision and --alpha flags fit;
     ``--model-zoo NAME`` predicts its zoo dataset's classes (unless ``--dataset folder`` or ``--classes`` name
     others, e.g. for a zoo model fine-tuned with ``--reset-classes``)."""
+    cli.check_args(parser, args)
     deploy_flags.check_precision_args(parser, args)
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f'--alpha must be in [0, 1], got {args.alpha}')
