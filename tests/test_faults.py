@@ -90,6 +90,7 @@ def _assert_same_params(a, b, what):
 # name -> (extra flags, kill kind, n): the n-th step (2..STEPS: a checkpoint exists) or states write (2..STEPS)
 SCENARIOS = {
     'mid_epoch_2_workers': (('--workers', '2'), 'step'),
+    'mid_epoch_syncbn_2_devices': (('--workers', '0', '--ngpus', '2', '--syncbn'), 'step'),
     'mid_checkpoint_write_syncbn_2_devices': (('--workers', '0', '--ngpus', '2', '--syncbn'), 'save'),
 }
 
