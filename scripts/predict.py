@@ -213,4 +213,4 @@ def _write_panels(prefix, path, rgb, pred, class_names, palette, label_of, args)
 
 
 if __name__ == '__main__':
-    sys.exit(1 if main(parse_args())['skipped'] else 0)
+    sys.exit(1 if cli.run(main, parse_args)['skipped'] else 0)
