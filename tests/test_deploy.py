@@ -227,3 +227,7 @@ def test_demo_precision(voc, tmp_path, sample_data):
     fp32 = script.main(script.parse_args(argv + ['--out', str(tmp_path / 'fp32')]))
     fused = script.main(script.parse_args(argv + ['--out', str(tmp_path / 'fused'), '--precision', 'fused']))
     assert fused['classes'] == pytest.approx(fp32['classes'], abs=1e-4)
+    multi = ['--scales', '0.75', '1.0', '--flip', '--base-size', '120', '--crop-size', '96']   # windows + flips
+    fp32 = script.main(script.parse_args(argv + multi + ['--out', str(tmp_path / 'ms32')]))
+    fused = script.main(script.parse_args(argv + multi + ['--out', str(tmp_path / 'msf'), '--precision', 'fused']))
+    assert fused['classes'] == pytest.approx(fp32['classes'], abs=1e-4)
