@@ -125,12 +125,15 @@ def test_faster_than_gluoncv(gluoncv):
     logits = mx.nd.array(rng.standard_normal((4, 21, 480, 480), dtype=np.float32))
     label = mx.nd.array(rng.integers(-1, 21, (4, 480, 480)))
     mx.nd.waitall()
-    ours, ref = SegmentationMetric(21), gluoncv.utils.metrics.SegmentationMetric(21)
-    start = time.perf_counter()
-    ours.update(label, logits)
-    ours_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    ref.update(label, logits)
-    ref_seconds = time.perf_counter() - start
+    # the best of 3 interleaved rounds each, so that a burst of load from another process does not decide it
+    ours_seconds = ref_seconds = float('inf')
+    for _ in range(3):
+        ours, ref = SegmentationMetric(21), gluoncv.utils.metrics.SegmentationMetric(21)
+        start = time.perf_counter()
+        ours.update(label, logits)
+        ours_seconds = min(ours_seconds, time.perf_counter() - start)
+        start = time.perf_counter()
+        ref.update(label, logits)
+        ref_seconds = min(ref_seconds, time.perf_counter() - start)
     _assert_same(ours, ref)
     assert ours_seconds < 0.7 * ref_seconds, (ours_seconds, ref_seconds)
