@@ -13,8 +13,10 @@ Rows (each with GluonCV's figure, segzoo's, and GluonCV / segzoo where both exis
   trains on the bundled VOC photographs (its checkpoint if present, else trained here with the same recipe for
   ``--train-epochs``), evaluated on all 45 bundled images at their own sizes (testval); argmax agreement with FP32
   over every pixel, and mIoU on the 15 held-out val images. INT8 calibrates on 3 batches of 8 training crops.
-* **multi-scale eval** (scales 0.75/1/1.25 + flip, base = crop = 256) and **train step** (batch 2, crop 256,
-  imperative, SGD) on DeepLabV3-ResNet50, same weights; peak RSS of training in a fresh process per framework.
+* **multi-scale eval** (scales 0.75/1/1.25 + flip, base = crop = 256; segzoo's Segmentor, then its fp32 deploy
+  graph (main output only) and the fused one that ``test.py --precision fused`` runs) and **train step** (batch 2,
+  crop 256, imperative, SGD) on DeepLabV3-ResNet50, same weights; peak RSS of training in a fresh process per
+  framework.
 * **data pipeline**: ``benchmarks/data_pipeline.py``'s two loaders (train mode, crop 480) for a few epochs.
 * **GFLOP/s**: convolution FLOPs of the R101 graph / latency, against the peak of one 3x3 256->256 convolution on
   1x256x64x64 measured here in FP32 and INT8.
@@ -274,18 +276,28 @@ def r50_rows(args, ctx):
     for net in (gcv, sz):
         net.hybridize(static_alloc=True, static_shape=True)
     evaluator = MultiEvalModel(gcv, 21, [ctx], flip=True, scales=list(MS_SCALES))
+    fp32 = deploy.convert(sz, 'fp32')   # main output only, one static graph per input shape
+    graphs = {'segzoo': sz, 'fp32 deploy graph': fp32, 'fused deploy graph': deploy.fuse(fp32)}
     outs = {}
 
     def run_gcv():
         outs['gluoncv'] = [evaluator(im) for im in images]   # (1, C, H, W) per (3, H, W) image
 
-    def run_sz():
-        outs['segzoo'] = [predict(sz, im, base_size=size, crop_size=size, scales=MS_SCALES, flip=True)
-                          for im in images]
-    g_ms, s_ms = model_speed.alternate([run_gcv, run_sz], 0, 2)
-    diff = max(float(np.abs(a[0].asnumpy() - b.asnumpy()).max() / np.abs(a.asnumpy()).max())
-               for a, b in zip(outs['gluoncv'], outs['segzoo']))
-    rows = [('multi-scale+flip eval R50 s/image', median_ms(g_ms) / 2000, median_ms(s_ms) / 2000, 's')]
+    def run_sz(name):
+        outs[name] = [predict(graphs[name], im, base_size=size, crop_size=size, scales=MS_SCALES, flip=True)
+                      for im in images]
+    times = model_speed.alternate([run_gcv] + [lambda n=n: run_sz(n) for n in graphs], 1, 2)
+    g_s = median_ms(times[0]) / 2000
+    rows, notes = [], []
+    for name, ms in zip(graphs, times[1:]):
+        what = 'Segmentor (aux)' if name == 'segzoo' else name
+        rows.append((f'multi-scale+flip eval R50 {what} s/image', g_s, median_ms(ms) / 2000, 's'))
+        diff = max(float(np.abs(a[0].asnumpy() - b.asnumpy()).max() / np.abs(a.asnumpy()).max())
+                   for a, b in zip(outs['gluoncv'], outs[name]))
+        notes.append(f'multi-scale outputs GluonCV vs segzoo {what}: max relative |diff| {diff:.2g}')
+    notes.append(f'multi-scale: scales {MS_SCALES}, flip, base = crop = {size}, images 300x400 and 400x300; '
+                 'spread (min-max s/image): ' + ', '.join(f'{k} {min(v) / 2000:.2f}-{max(v) / 2000:.2f}' for k, v in
+                                                        zip(['gluoncv'] + list(graphs), times)))
     for net in (gcv, sz):
         net.hybridize(active=False)
     steps = [_train_step_setup(gcv, _loss('gluoncv'), size, 2, ctx), _train_step_setup(sz, _loss('segzoo'), size,
@@ -298,8 +310,6 @@ def r50_rows(args, ctx):
                              capture_output=True, text=True, cwd=REPO).stdout
         rss[framework] = json.loads(out.strip().splitlines()[-1])['peak_rss_mib']
     rows.append(('peak RSS of training R50 (process) MiB', rss['gluoncv'], rss['segzoo'], 'MiB'))
-    notes = [f'multi-scale outputs GluonCV vs segzoo: max relative |diff| {diff:.2g} (scales {MS_SCALES}, flip, '
-             f'base = crop = {size}, images 300x400 and 400x300)']
     return rows, notes
 
 
