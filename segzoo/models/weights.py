@@ -1,8 +1,9 @@
 """Where a network's weights come from, decided and loaded in one place.
 
-The rule, for every network segzoo builds: a weights file, when given, sets every parameter; otherwise the
-backbone's ImageNet weights are loaded when a source is chosen, and the initialisation scheme of the model's
-family sets what is left; otherwise the scheme sets everything.
+The rule, for every network segzoo builds: a weights file, when given, sets every parameter (with
+``reset_classes``, every parameter but the classifiers, which the scheme initialises: fine-tuning to other classes);
+otherwise the backbone's ImageNet weights are loaded when a source is chosen, and the initialisation scheme of the
+model's family sets what is left; otherwise the scheme sets everything.
 
 ImageNet sources (``imagenet_source``): GluonCV's files in ``segzoo.model_store`` (``resnet101_v1s`` for the deep
 stem, ``resnet101_v1b`` for torchvision's layout), or torchvision's own files, ``'IMAGENET1K_V1'`` /
