@@ -80,15 +80,17 @@ def test_sync_bn_over_several_devices():
 @pytest.mark.slow
 def test_initializers_follow_composer():
     mx.random.seed(0)
-    default = load_weights(get_segmentor('deeplabplus', 'resnet_tiny_v1b', 3), mx.cpu(), scheme='torch')
-    kaiming = load_weights(get_segmentor('deeplabplus', 'resnet_tiny_v1b', 3), mx.cpu(), scheme='torch',
-                           initializers=('kaiming_normal', 'bn_ones'))
+    width = 128  # a narrower head than Composer's 512 keeps this fast; the rules do not depend on it
+    default = load_weights(get_segmentor('deeplabplus', 'resnet_tiny_v1b', 3, channels=width), mx.cpu(),
+                           scheme='torch')
+    kaiming = load_weights(get_segmentor('deeplabplus', 'resnet_tiny_v1b', 3, channels=width), mx.cpu(),
+                           scheme='torch', initializers=('kaiming_normal', 'bn_ones'))
     # torchvision / mmcv default: N(0, 2 / fan_out); Composer's kaiming_normal: torch's default mode, N(0, 2 / fan_in)
-    project = (default.head.aspp.project[0].weight, kaiming.head.aspp.project[0].weight)  # (512, 2560, 3, 3)
-    assert project[0].data().asnumpy().std() == pytest.approx(np.sqrt(2 / (512 * 9)), rel=0.01)
-    assert project[1].data().asnumpy().std() == pytest.approx(np.sqrt(2 / (2560 * 9)), rel=0.01)
+    project = (default.head.aspp.project[0].weight, kaiming.head.aspp.project[0].weight)  # (128, 640, 3, 3)
+    assert project[0].data().asnumpy().std() == pytest.approx(np.sqrt(2 / (width * 9)), rel=0.01)
+    assert project[1].data().asnumpy().std() == pytest.approx(np.sqrt(2 / (5 * width * 9)), rel=0.01)
     # the classifier keeps torch's Conv2d default, U(+-1/sqrt(fan_in)), on weight and bias
-    bound = 1 / np.sqrt(512)
+    bound = 1 / np.sqrt(width)
     for param in (default.head.conv_seg.weight, default.head.conv_seg.bias):
         values = param.data().asnumpy()
         assert np.abs(values).max() <= bound and np.abs(values).max() > 0.5 * bound
