@@ -29,7 +29,7 @@ from .data.transforms import RECIPES
 from .data import DATASETS, DatasetError
 from .data.folder import check_folder, folder_label_lut, read_classes, read_label, read_palette
 from .model_zoo import get_model, get_segmentation_model, list_models
-from .models import METHODS
+from .models import METHODS, get_norm_layer
 from .models.resnet import BACKBONES
 from .models.weights import ClassCountError
 from .utils.viz import class_palette
@@ -262,13 +262,6 @@ def get_kvstore(args, ctx_list):
     if args.kvstore:
         return args.kvstore
     return 'local' if ctx_list[0].device_type == 'cpu' else 'device'
-
-
-def get_norm_layer(syncbn, num_devices):
-    """``(norm_layer, norm_kwargs)``: SyncBatchNorm over ``num_devices`` with ``--syncbn``, else BatchNorm."""
-    if syncbn:
-        return mx.gluon.contrib.nn.SyncBatchNorm, {'num_devices': num_devices}
-    return mx.gluon.nn.BatchNorm, None
 
 
 def resolve_pretrained(args):

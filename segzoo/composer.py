@@ -6,11 +6,11 @@ them with a cross-entropy + dice loss. Here they are segzoo's ``deeplabplus`` an
 the '*_v1b' backbones; on the same weights (``segzoo.load_torch_state_dict``) the logits equal Composer's.
 """
 import mxnet as mx
-from mxnet.gluon import nn
 
 from .loss import MixSoftmaxCrossEntropyLoss
-from .models import family, get_segmentor
-from .models.weights import TORCHVISION_WEIGHTS, load_weights
+from .model_zoo import get_segmentation_model
+from .models import get_norm_layer
+from .models.weights import TORCHVISION_WEIGHTS
 
 ARCHS = ('resnet50', 'resnet101')
 
@@ -50,16 +50,12 @@ def composer_deeplabv3(num_classes, backbone_arch='resnet101', backbone_weights=
     if backbone_weights is not None and backbone_weights not in TORCHVISION_WEIGHTS:
         raise ValueError(f'backbone_weights must be None or one of {", ".join(TORCHVISION_WEIGHTS)}, '
                          f'got {backbone_weights!r}')
-    ctx_list = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
-    norm_layer, norm_kwargs = nn.BatchNorm, None
-    if sync_bn and len(ctx_list) > 1:
-        norm_layer, norm_kwargs = mx.gluon.contrib.nn.SyncBatchNorm, {'num_devices': len(ctx_list)}
+    ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+    norm_layer, norm_kwargs = get_norm_layer(sync_bn and len(ctx) > 1, len(ctx))
     method = 'deeplabplus' if use_plus else 'deeplabv3_composer'
-    conventions = family(method)
-    net = get_segmentor(method, f'{backbone_arch}_v1b', num_classes, norm_layer=norm_layer, norm_kwargs=norm_kwargs,
-                        base_size=conventions.sizes[0], crop_size=conventions.sizes[1])
-    load_weights(net, ctx_list, backbone_weights=backbone_weights, root=root, scheme=conventions.init,
-                 initializers=initializers)
+    net = get_segmentation_model(method, backbone=f'{backbone_arch}_v1b', num_classes=num_classes,
+                                 pretrained_base=backbone_weights or False, initializers=initializers, root=root,
+                                 ctx=ctx, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
     net.loss = MixSoftmaxCrossEntropyLoss(aux=False, ignore_label=ignore_index,
                                           cross_entropy_weight=cross_entropy_weight, dice_weight=dice_weight)
     return net

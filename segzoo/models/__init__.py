@@ -8,6 +8,7 @@ loads the weights.
 """
 from collections import namedtuple
 
+import mxnet as mx
 from mxnet.gluon import nn
 
 from ..data.base import BASE_SIZE, CROP_SIZE
@@ -22,7 +23,7 @@ from .weights import load_backbone_params
 
 __all__ = ['ASPP', 'ASPPHead', 'AUX_FEATURES', 'BACKBONES', 'DeepLabV3Head', 'DeepLabV3PlusHead', 'DilatedResNet',
            'FAMILIES', 'FCNHead', 'HEADS', 'METHODS', 'PSPHead', 'Segmentor', 'check_method', 'family', 'get_backbone',
-           'get_segmentor', 'gluoncv_key', 'load_backbone_params', 'load_params_strict']
+           'get_norm_layer', 'get_segmentor', 'gluoncv_key', 'load_backbone_params', 'load_params_strict']
 
 
 class HeadSpec(namedtuple('HeadSpec', 'cls features align_corners family')):
@@ -72,6 +73,14 @@ def check_method(method, what='method'):
     """ValueError listing the valid methods unless `method` is one; `what` names the argument in the message."""
     if method not in HEADS:
         raise ValueError(f'unknown {what} {method!r}; valid {what}s: {", ".join(METHODS)}')
+
+
+def get_norm_layer(sync, num_devices):
+    """``(norm_layer, norm_kwargs)`` for every norm of a network: SyncBatchNorm over ``num_devices`` when `sync`,
+    else BatchNorm (per device)."""
+    if sync:
+        return mx.gluon.contrib.nn.SyncBatchNorm, {'num_devices': num_devices}
+    return nn.BatchNorm, None
 
 
 def get_segmentor(method, backbone, num_classes, aux=False, norm_layer=nn.BatchNorm, norm_kwargs=None,
