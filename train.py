@@ -369,11 +369,6 @@ def _check_finite(loss, state, run_dir):
         raise TrainingDiverged(message)
 
 
-def _seed_step(seed, step):
-    """MXNet RNG (dropout) from (seed, step) only, so a resumed run draws the same masks."""
-    ckpt.seed_mx((seed * 1000003 + step) % (2 ** 31))
-
-
 def train_one_epoch(net, loss_fn, trainer, loader, state, config):
     """Train epoch ``state.epoch`` from its batch ``state.iteration`` on, advancing ``state`` at every step.
 
@@ -387,7 +382,6 @@ def train_one_epoch(net, loss_fn, trainer, loader, state, config):
     bar = tqdm(loader, total=num_batches, initial=state.iteration, desc=f'epoch {state.epoch}', dynamic_ncols=True,
                leave=False, disable=not config.workers.is_writer)
     for image, label in bar:
-        _seed_step(config.seed, state.global_step)
         meter.add(train_step(net, loss_fn, trainer, image, label, config, state.global_step), config.ctx_list[0])
         state.iteration += 1
         state.global_step += 1
