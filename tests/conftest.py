@@ -4,9 +4,10 @@ import os
 import pytest
 
 # Tests run SyncBatchNorm over 2 CPU contexts. All CPU contexts share one engine worker pool (1 thread by default)
-# and a SyncBN op blocks its worker until every device's copy has arrived, so 1 worker deadlocks. MXNet reads the
+# and a SyncBN op blocks its worker until every device's copy has arrived, so too few workers deadlock: 2 contexts
+# need segzoo.utils.parallel.engine_threads_needed = 8 (test_parallel checks this value against it). MXNet reads the
 # variable when its engine starts, so it is set here, before any test module imports mxnet.
-os.environ.setdefault('MXNET_CPU_WORKER_NTHREADS', '2')
+os.environ.setdefault('MXNET_CPU_WORKER_NTHREADS', '8')
 
 SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'segzoo', 'sample_data')
 

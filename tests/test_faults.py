@@ -22,6 +22,7 @@ import pytest
 from helpers import ROOT, load_script, make_voc_root
 from segzoo import checkpoint as ckpt
 from segzoo import cli
+from segzoo.utils.parallel import engine_threads_needed
 
 train = load_script('train.py')
 
@@ -66,6 +67,7 @@ KILLER = textwrap.dedent('''
     runpy.run_path(os.path.join(sys.path[0] or '.', 'train.py'), run_name='__main__')
 ''')
 STEPS = 4               # 2 epochs x 2 iterations (4 training images, batch 2)
+SYNCBN_WORKERS = str(engine_threads_needed([mx.cpu(0), mx.cpu(1)], syncbn=True))   # engine workers of 2-device runs
 
 
 def _argv(voc_root, save_dir, *extra):
@@ -105,7 +107,7 @@ def killed(voc_root, tmp_path_factory):
     """Every scenario's train.py started at once (they overlap the in-process reference runs), each SIGKILLing
     itself at a random moment; stopped by pid at the end if still running."""
     base = tmp_path_factory.mktemp('killed')
-    env = dict(os.environ, PYTHONPATH=ROOT, MXNET_CPU_WORKER_NTHREADS='2', OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONPATH=ROOT, MXNET_CPU_WORKER_NTHREADS=SYNCBN_WORKERS, OMP_NUM_THREADS='1')
     runs = {}
     try:
         for name, (extra, kind) in SCENARIOS.items():
@@ -216,7 +218,7 @@ def test_syncbn_soak_keeps_memory_flat():
     2 CPU contexts through train.py's train_step (threaded forwards and backwards): after 20 warm-up steps the
     resident memory may grow by at most 8 MiB over the last 40. Starting new threads every step (as before, and as
     GluonCV's DataParallelModel does) grew it by ~25 MiB per step here: about 1 GiB in those 40 steps."""
-    env = dict(os.environ, MXNET_CPU_WORKER_NTHREADS='2', OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    env = dict(os.environ, MXNET_CPU_WORKER_NTHREADS=SYNCBN_WORKERS, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, '-c', SOAK.format(root=ROOT, steps=60)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

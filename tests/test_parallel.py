@@ -1,11 +1,14 @@
 """segzoo.utils.parallel: batch splitting, threaded forwards, and SyncBN on 2 CPU contexts == BatchNorm on one."""
+import os
+
 import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from segzoo.utils.parallel import check_engine_threads, engine_threads_needed, parallel_apply, split_batch
+from segzoo.utils.parallel import (MAX_WAITING_NORMS, check_engine_threads, engine_threads_needed, parallel_apply,
+                                   split_batch)
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]
 
@@ -97,13 +100,18 @@ def test_syncbn_two_contexts_equals_batchnorm_on_whole_batch():
 
 
 def test_engine_threads_rule_and_guard(monkeypatch):
-    """SyncBN over N CPU contexts needs N CPU engine workers; with fewer, the guard exits instead of deadlocking."""
-    assert engine_threads_needed(CTX2, syncbn=True) == 2
+    """SyncBN over N CPU contexts needs MAX_WAITING_NORMS * (N - 1) + 1 CPU engine workers (parallel branches wait
+    at once); with fewer, the guard exits instead of deadlocking. conftest.py starts the tests' engine with enough."""
+    assert engine_threads_needed(CTX2, syncbn=True) == MAX_WAITING_NORMS + 1
+    assert engine_threads_needed([mx.cpu(i) for i in range(3)], syncbn=True) == 2 * MAX_WAITING_NORMS + 1
     assert engine_threads_needed(CTX2, syncbn=False) == 1
+    assert engine_threads_needed([mx.cpu(0)], syncbn=True) == 1
     assert engine_threads_needed([mx.gpu(0), mx.gpu(1)], syncbn=True) == 1      # GPUs have their own workers
-    monkeypatch.setenv('MXNET_CPU_WORKER_NTHREADS', '1')
-    with pytest.raises(SystemExit, match='--syncbn on 2 CPU contexts needs MXNET_CPU_WORKER_NTHREADS >= 2'):
+    assert int(os.environ['MXNET_CPU_WORKER_NTHREADS']) >= engine_threads_needed(CTX2, syncbn=True)
+    needed = MAX_WAITING_NORMS + 1
+    monkeypatch.setenv('MXNET_CPU_WORKER_NTHREADS', str(needed - 1))
+    with pytest.raises(SystemExit, match=f'--syncbn on 2 CPU contexts needs MXNET_CPU_WORKER_NTHREADS >= {needed}'):
         check_engine_threads(CTX2, syncbn=True)
     check_engine_threads(CTX2, syncbn=False)
-    monkeypatch.setenv('MXNET_CPU_WORKER_NTHREADS', '2')
+    monkeypatch.setenv('MXNET_CPU_WORKER_NTHREADS', str(needed))
     check_engine_threads(CTX2, syncbn=True)

@@ -232,7 +232,8 @@ def test_resume_on_two_cpu_devices(voc_root, tmp_path):
 @pytest.mark.slow
 def test_script_restarts_with_engine_workers_for_syncbn_on_cpu_contexts(voc_root, tmp_path):
     """``python train.py --syncbn --no-cuda --ngpus 2`` without MXNET_CPU_WORKER_NTHREADS: the entry point restarts
-    the process once with 2 workers (1 deadlocks in SyncBN), so the run trains instead of hanging or exiting."""
+    the process once with engine_threads_needed workers (fewer can deadlock in SyncBN), so the run trains instead of
+    hanging or exiting."""
     import subprocess
     env = {k: v for k, v in os.environ.items() if k != 'MXNET_CPU_WORKER_NTHREADS'}
     env.update(OMP_NUM_THREADS='1', PYTHONPATH=ROOT)

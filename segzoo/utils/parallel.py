@@ -12,9 +12,13 @@ that a finished thread never gives back, so a new thread per device per step gre
 (measured with MXNet 1.9.1, tiny DeepLabV3 on 2 CPU contexts; the memory growth of gluon-cv #1298 / #1316, whose
 DataParallelModel starts new threads on every call).
 
-SyncBN over N *CPU* contexts also needs N worker threads in MXNet's CPU engine: all CPU contexts share one pool
-(``MXNET_CPU_WORKER_NTHREADS``, default 1) and a SyncBN op blocks its worker until every device's twin arrives, so
-fewer workers deadlock (measured with MXNet 1.9.1). MXNet reads the variable once, when it is imported:
+SyncBN over N *CPU* contexts also needs enough worker threads in MXNet's CPU engine: all CPU contexts share one
+pool (``MXNET_CPU_WORKER_NTHREADS``, default 1) and a SyncBN op blocks its worker until every device's twin
+arrives. Layers on parallel branches (the ASPP's five, DeepLabV3+'s c1 projection, the aux head) can wait at the
+same time, so one worker per device is not enough: device 0 can hold every worker in the SyncBN of branches A and B
+while device 1 needs one to reach A (a hang seen in 3 of 8 two-device runs once the ASPP branches got fast). With
+at most ``MAX_WAITING_NORMS`` layers waiting per device, each short of at least one twin, ``MAX_WAITING_NORMS *
+(N - 1) + 1`` workers always leave one free (10 of 10 runs). MXNet reads the variable once, when it is imported:
 :func:`ensure_engine_threads` (called by the CLIs' entry point) restarts the process with it set when needed, and
 :func:`check_engine_threads` refuses to start a run that would deadlock.
 """
@@ -30,6 +34,9 @@ from mxnet.gluon.utils import split_and_load
 __all__ = ['split_batch', 'parallel_apply', 'engine_threads_needed', 'ensure_engine_threads', 'check_engine_threads']
 
 ENGINE_THREADS_VAR = 'MXNET_CPU_WORKER_NTHREADS'
+#: SyncBN layers of one segzoo network that can wait at once on one device: the ASPP's five parallel branches,
+#: DeepLabV3+'s c1 projection and the auxiliary head.
+MAX_WAITING_NORMS = 7
 
 
 def _engine_threads():
@@ -38,9 +45,10 @@ def _engine_threads():
 
 
 def engine_threads_needed(ctx_list, syncbn):
-    """CPU engine workers a run on ``ctx_list`` needs: one per CPU context with SyncBN, else 1."""
-    if syncbn and ctx_list[0].device_type == 'cpu':
-        return len(ctx_list)
+    """CPU engine workers a run on ``ctx_list`` needs: with SyncBN on N > 1 CPU contexts
+    ``MAX_WAITING_NORMS * (N - 1) + 1`` (see the module docstring), else 1."""
+    if syncbn and ctx_list[0].device_type == 'cpu' and len(ctx_list) > 1:
+        return MAX_WAITING_NORMS * (len(ctx_list) - 1) + 1
     return 1
 
 
@@ -59,7 +67,7 @@ def check_engine_threads(ctx_list, syncbn):
     """Exit with a message instead of deadlocking when the CPU engine has too few workers for SyncBN."""
     needed, workers = engine_threads_needed(ctx_list, syncbn), _engine_threads()
     if needed > workers:
-        raise SystemExit(f'error: --syncbn on {needed} CPU contexts needs {ENGINE_THREADS_VAR} >= {needed} set '
+        raise SystemExit(f'error: --syncbn on {len(ctx_list)} CPU contexts needs {ENGINE_THREADS_VAR} >= {needed} set '
                          f'before MXNet starts (it is {workers}); run the script from the command line, which sets '
                          f'it, or export it')
 
