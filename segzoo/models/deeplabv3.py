@@ -9,6 +9,7 @@ from mxnet.gluon.contrib.nn import HybridConcurrent
 from mxnet.gluon.nn import HybridBlock
 
 from .fcn import classifier_block
+from .layers import AtrousConv2D, resize_like
 
 
 def conv_norm_relu(in_channels, channels, kernel_size=1, dilation=1, separable=False,
@@ -16,19 +17,17 @@ def conv_norm_relu(in_channels, channels, kernel_size=1, dilation=1, separable=F
     """Conv (padding keeps the size) -> norm -> ReLU, or its depthwise-separable form.
 
     The separable form is a depthwise ``kernel_size`` conv -> norm -> ReLU followed by a pointwise
-    1x1 conv -> norm -> ReLU (Xception / DeepLabV3+, arXiv:1802.02611).
+    1x1 conv -> norm -> ReLU (Xception / DeepLabV3+, arXiv:1802.02611). The convs are ``AtrousConv2D``.
     """
     norm_kwargs = norm_kwargs or {}
-    padding = dilation * (kernel_size - 1) // 2
     block = nn.HybridSequential()
     if separable:
-        block.add(nn.Conv2D(in_channels, kernel_size, padding=padding, dilation=dilation, groups=in_channels,
-                            use_bias=False, in_channels=in_channels),
+        block.add(AtrousConv2D(in_channels, kernel_size, dilation=dilation, groups=in_channels, use_bias=False,
+                               in_channels=in_channels),
                   norm_layer(in_channels=in_channels, **norm_kwargs),
                   nn.Activation('relu'))
-        kernel_size, padding, dilation = 1, 0, 1  # the pointwise conv follows
-    block.add(nn.Conv2D(channels, kernel_size, padding=padding, dilation=dilation, use_bias=False,
-                        in_channels=in_channels),
+        kernel_size, dilation = 1, 1  # the pointwise conv follows
+    block.add(AtrousConv2D(channels, kernel_size, dilation=dilation, use_bias=False, in_channels=in_channels),
               norm_layer(in_channels=channels, **norm_kwargs),
               nn.Activation('relu'))
     return block
@@ -54,7 +53,7 @@ class ASPPPooling(HybridBlock):
 
     def hybrid_forward(self, F, x):
         # resizing a 1x1 map is a broadcast; align_corners does not change the result
-        return F.contrib.BilinearResize2D(self.gap(x), like=x, mode='like', align_corners=True)
+        return resize_like(F, self.gap(x), x, align_corners=True)
 
 
 class ASPP(HybridBlock):

@@ -12,6 +12,7 @@ from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
 from .deeplabv3 import ASPP, channel_dropout, conv_norm_relu
+from .layers import resize_like
 
 ALIGN_CORNERS = False
 
@@ -64,6 +65,6 @@ class DeepLabV3PlusHead(HybridBlock):
             self.conv_seg = nn.Conv2D(num_classes, 1, in_channels=channels)
 
     def hybrid_forward(self, F, c1, c4):
-        x = F.contrib.BilinearResize2D(self.aspp(c4), like=c1, mode='like', align_corners=ALIGN_CORNERS)
+        x = resize_like(F, self.aspp(c4), c1, ALIGN_CORNERS)
         x = self.sep_bottleneck(F.concat(x, self.c1_bottleneck(c1), dim=1))
         return self.conv_seg(self.dropout(x))

@@ -4,6 +4,7 @@ from mxnet.gluon.nn import HybridBlock
 
 from .deeplabv3 import conv_norm_relu
 from .fcn import classifier_block
+from .layers import resize_like
 
 BINS = (1, 2, 3, 6)
 
@@ -30,7 +31,7 @@ class PyramidPooling(HybridBlock):
         for index, bins in enumerate(BINS, start=1):
             pooled = F.contrib.AdaptiveAvgPooling2D(x, output_size=bins)
             branch = getattr(self, f'conv{index}')(pooled)
-            features.append(F.contrib.BilinearResize2D(branch, like=x, mode='like', align_corners=True))
+            features.append(resize_like(F, branch, x, align_corners=True))
         return F.concat(*features, dim=1)
 
 

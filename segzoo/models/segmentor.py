@@ -11,6 +11,7 @@ from mxnet import ndarray
 from mxnet.gluon.nn import Conv2D, HybridBlock
 
 from ..data.base import BASE_SIZE, CROP_SIZE
+from .layers import resize_like
 
 # (our key prefix or infix, GluonCV's) applied in order by gluoncv_key()
 _KEY_PREFIXES = (('backbone.', ''), ('aux_head.', 'auxlayer.'))
@@ -32,10 +33,6 @@ def gluoncv_key(key):
     for ours, theirs in _KEY_INFIXES:
         key = key.replace(ours, theirs)
     return key
-
-
-def _resize_like(F, x, ref, align_corners):
-    return F.contrib.BilinearResize2D(x, like=ref, mode='like', align_corners=align_corners)
 
 
 class Segmentor(HybridBlock):
@@ -90,7 +87,7 @@ class Segmentor(HybridBlock):
         if self.aux_head is not None:
             heads.append((self.aux_head, self.aux_features))
         outputs = [head(*[features[i] for i in indices]) for head, indices in heads]
-        return tuple(_resize_like(F, out, x, self.align_corners) for out in outputs)
+        return tuple(resize_like(F, out, x, self.align_corners) for out in outputs)
 
     def gluoncv_params(self):
         """``{GluonCV structural key: Parameter}`` of this network."""
