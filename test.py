@@ -21,7 +21,9 @@ Evaluation paths:
 * whole image (default: ``--scales 1.0`` without ``--flip``): the logits of the network at each image's own size;
   images of equal size are batched and split over the devices.
 * multi-scale (any other ``--scales``, ``--flip``, or ``--multi-eval``): GluonCV's MultiEvalModel per image, with
-  ``--base-size`` / ``--crop-size`` (default: the model's), one image per device at a time.
+  ``--base-size`` / ``--crop-size`` (default: the model's), one image per device at a time. On one device an FP32
+  network runs as its ``segzoo.deploy`` graph: the same operators for the main output only (GluonCV computes the
+  auxiliary head and discards it), one static graph per window shape.
 
 ``main(args)`` returns the metrics dict that it also writes to ``<out-dir>/metrics.json``.
 """
@@ -33,7 +35,7 @@ import mxnet as mx
 import numpy as np
 from tqdm import tqdm
 
-from segzoo import cli
+from segzoo import cli, deploy
 from segzoo.data import get_segmentation_dataset
 from segzoo.data.base import BASE_SIZE, CROP_SIZE
 from segzoo.data.loader import get_dataloader
@@ -273,7 +275,9 @@ def main(args):
     args.base_size = args.base_size or getattr(net, 'base_size', BASE_SIZE)
     args.crop_size = args.crop_size or getattr(net, 'crop_size', CROP_SIZE)
     settings = multi_eval_settings(args)
-    if settings is None or len(ctx_list) == 1:
+    if settings is not None and len(ctx_list) == 1 and not isinstance(net, deploy.DeployedNet):
+        net = deploy.convert(net, 'fp32', ctx=ctx_list[0])   # main output only, a static graph per window shape
+    elif settings is None or len(ctx_list) == 1:
         net.hybridize()   # several devices on the multi-scale path run imperatively in threads, as in GluonCV
     dataset = get_test_set(args)
     print(f'{args.dataset}/{args.split} mode {args.mode}: {len(dataset)} images on {ctx_list}; '

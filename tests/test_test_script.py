@@ -129,13 +129,21 @@ def test_val_mode_centre_crops(voc_weights, voc_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_scale_flip_on_two_cpu_contexts_equals_predict(voc_weights, voc_root, tmp_path):
+@pytest.mark.parametrize('devices', [['--ngpus', '2'], []], ids=['2_cpu_contexts_threads', '1_cpu_deploy_graph'])
+def test_multi_scale_flip_equals_predict(devices, voc_weights, voc_root, tmp_path, monkeypatch):
+    """Two contexts run the network in threads; one runs its FP32 deploy graph (main output, per-shape static
+    graphs): both give predict()'s metrics with the plain network."""
+    converted = []
+    real_convert = script.deploy.convert
+    monkeypatch.setattr(script.deploy, 'convert', lambda net, precision, **kw: converted.append(precision) or
+                        real_convert(net, precision, **kw))
     out = str(tmp_path / 'out')
     scales = (0.75, 1.25)
-    result = _run(MODEL + ['--resume', voc_weights, '--dataset-root', voc_root, '--eval', '--ngpus', '2',
+    result = _run(MODEL + ['--resume', voc_weights, '--dataset-root', voc_root, '--eval', *devices,
                            '--scales', '0.75', '1.25', '--flip', '--base-size', '72', '--crop-size', '64',
                            '--out-dir', out])
     assert result['multi_scale'] and result['flip'] and result['scales'] == list(scales)
+    assert converted == ([] if devices else ['fp32'])
     dataset = get_segmentation_dataset('pascal_voc', split='val', mode='testval', root=voc_root,
                                        transform=ImageNormalize())
     net = _net(voc_weights)
