@@ -61,6 +61,9 @@ def gluoncv_loader(args, thread_pool=False):
     import gluoncv
     from mxnet.gluon.data.vision import transforms
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    # gluon's Compose hybridizes these; build the graph here: worker threads building it at once race in MXNet's
+    # name scope ("AttributeError: 'NoneType' object has no attribute '__exit__'", 1 run in 2 with thread_pool)
+    transform(mx.nd.zeros((2, 2, 3), dtype=np.uint8)).wait_to_read()
     dataset = gluoncv.data.VOCSegmentation(root=args.root, split=args.split, mode='train', transform=transform,
                                            base_size=args.base_size, crop_size=args.crop_size)
     return mx.gluon.data.DataLoader(dataset, args.batch_size, shuffle=True, last_batch='rollover',

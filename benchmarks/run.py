@@ -17,7 +17,8 @@ Rows (each with GluonCV's figure, segzoo's, and GluonCV / segzoo where both exis
   graph (main output only) and the fused one that ``test.py --precision fused`` runs) and **train step** (batch 2,
   crop 256, imperative, SGD) on DeepLabV3-ResNet50, same weights; peak RSS of training in a fresh process per
   framework.
-* **data pipeline**: ``benchmarks/data_pipeline.py``'s two loaders (train mode, crop 480) for a few epochs.
+* **data pipeline**: ``benchmarks/data_pipeline.py``'s two loaders (train mode, crop 480), 12 alternating epochs
+  (an epoch of the bundled images takes 0.2-0.4 s, so a few epochs gave ratios 1.5-2.4x from run to run).
 * **GFLOP/s**: convolution FLOPs of the R101 graph / latency, against the peak of one 3x3 256->256 convolution on
   1x256x64x64 measured here in FP32 and INT8.
 
@@ -52,6 +53,8 @@ DEMO_SIZE = 96   # make demo's base and crop size: the trained model's scale
 MS_SCALES = (0.75, 1.0, 1.25)
 R50_SIZE = 256   # crop (and base) size of the ResNet-50 rows
 TRAIN_STEPS, TRAIN_TIMINGS = 3, 5   # consecutive training steps per timing; timings per framework
+PIPELINE_EPOCHS = 12   # timed epochs per data pipeline, alternating
+SCHEDULE_EPOCHS = 50   # both training loops: poly lr schedule over 50 epochs of one step (GluonCV's default epochs)
 
 
 def parse_args(argv=None):
@@ -366,16 +369,21 @@ def _batch(ctx):
     return image, label
 
 
-def gluoncv_loop(net, steps, ctx):
+def gluoncv_loop(net, steps, ctx, batch=None):
     """`steps` iterations of GluonCV's train.py loop body on `net`: DataParallelModel/Criterion, ``waitall`` between
-    forward and backward, SGD step, ``loss.asnumpy()`` and ``waitall`` every iteration."""
+    forward and backward, SGD step with its poly schedule, ``loss.asnumpy()`` and ``waitall`` every iteration. The
+    loop returns the mean loss of its last step."""
     import gluoncv.loss
+    import gluoncv.utils
     from gluoncv.utils.parallel import DataParallelCriterion, DataParallelModel
-    image, label = _batch(ctx)
+    image, label = _batch(ctx) if batch is None else batch
     model = DataParallelModel(net, [ctx])
     criterion = DataParallelCriterion(gluoncv.loss.MixSoftmaxCrossEntropyLoss(aux=True,
                                                                               aux_weight=model_speed.AUX_WEIGHT), [ctx])
-    trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', dict(model_speed.SGD), kvstore='local')
+    schedule = gluoncv.utils.LRScheduler('poly', base_lr=model_speed.SGD['learning_rate'], nepochs=SCHEDULE_EPOCHS,
+                                         iters_per_epoch=1, power=0.9)
+    trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', dict(model_speed.SGD, lr_scheduler=schedule),
+                               kvstore='local')
 
     def loop():
         for _ in range(steps):
@@ -385,33 +393,54 @@ def gluoncv_loop(net, steps, ctx):
                 mx.nd.waitall()
                 mx.autograd.backward(losses)
             trainer.step(image.shape[0])
-            for loss in losses:
-                np.mean(loss.asnumpy())
+            means = [np.mean(loss.asnumpy()) for loss in losses]
             mx.nd.waitall()
+        return float(np.mean(means))
     return loop
 
 
-def segzoo_loop(net, steps, ctx):
-    """`steps` iterations of segzoo's train.py loop on `net`: ``train.train_step`` with train.py's trainer and loss
-    (same SGD settings), the losses summed on the device and read once at the end (train.py reads them every
-    --log-interval steps)."""
+def segzoo_loop(net, steps, ctx, batch=None):
+    """`steps` iterations of segzoo's train.py loop on `net`: ``train.train_step`` with train.py's trainer, training
+    policy (head lr x10, as GluonCV's model sets) and loss with ``--gluoncv-loss`` (GluonCV's gradients: the same
+    computation), same SGD settings; the losses read once at the end (train.py reads them every --log-interval
+    steps). The loop returns the mean loss of its last step."""
     import train
     from segzoo import cli
-    image, label = _batch(ctx)
-    args = train.parse_args(['--no-cuda', '--lr', str(model_speed.SGD['learning_rate'])])
+    image, label = _batch(ctx) if batch is None else batch
+    args = train.parse_args(['--no-cuda', '--lr', str(model_speed.SGD['learning_rate']), '--gluoncv-loss',
+                             '--epochs', str(SCHEDULE_EPOCHS)])
+    train.set_training_policy(net, args.head_lr_mult, args.no_wd)
     trainer = train.make_trainer(net, args, 1, cli.get_kvstore(args, [ctx]))
     config = train.LoopConfig(ctx_list=[ctx], run_dir=None, save=None, epochs=1)
     loss_fn = train.make_loss(args, aux=True)
     done = [0]
 
     def loop():
-        total = None
         for _ in range(steps):
             losses = train.train_step(net, loss_fn, trainer, image, label, config, done[0])
             done[0] += 1
-            total = losses[0].sum() if total is None else total + losses[0].sum()
-        total.asscalar()
+        return float(losses[0].mean().asscalar())
     return loop
+
+
+def train_difference(ctx):
+    """How far segzoo's training step is from GluonCV's: one step of each loop from the same weights on the same
+    batch, dropout off (its masks are drawn differently); (relative |diff| of the losses, largest relative |diff|
+    of a parameter after the step)."""
+    gcv, sz = _r50_pair(ctx)
+    for net in (gcv, sz):
+        net.apply(lambda block: setattr(block, '_rate', 0.0) if isinstance(block, mx.gluon.nn.Dropout) else None)
+    batch = _batch(ctx)
+    g_loss, s_loss = gluoncv_loop(gcv, 1, ctx, batch)(), segzoo_loop(sz, 1, ctx, batch)()
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = []
+        for net in (gcv, sz):   # segzoo saves GluonCV's keys
+            net.save_parameters(os.path.join(tmp, 'w.params'))
+            saved.append(mx.nd.load(os.path.join(tmp, 'w.params')))
+    g_params, s_params = saved
+    param_diff = max(float(np.abs(g.asnumpy() - s_params[key].asnumpy()).max() / max(np.abs(g.asnumpy()).max(), 1e-12))
+                     for key, g in g_params.items())
+    return abs(g_loss - s_loss) / abs(g_loss), param_diff
 
 
 def train_rows(args, ctx):
@@ -423,9 +452,12 @@ def train_rows(args, ctx):
     images = 2 * steps
     rows = [('train step R50 crop 256 batch 2 (each framework\'s loop) img/s', 1000 * images / median_ms(g_ms),
              1000 * images / median_ms(s_ms), 'img/s')]
+    loss_diff, param_diff = train_difference(ctx)
     notes = [f'train loop: {steps} steps per timing, {TRAIN_TIMINGS} timings after 1 warm-up; spread (min-max img/s): '
              f'GluonCV {1000 * images / max(g_ms):.3f}-{1000 * images / min(g_ms):.3f}, segzoo '
-             f'{1000 * images / max(s_ms):.3f}-{1000 * images / min(s_ms):.3f}']
+             f'{1000 * images / max(s_ms):.3f}-{1000 * images / min(s_ms):.3f}; one step from the same weights on '
+             f'the same batch (dropout off): loss relative |diff| {loss_diff:.2g}, parameters after the step '
+             f'{param_diff:.2g} (largest relative |diff| of a parameter)']
     rss = {}
     for framework in ('gluoncv', 'segzoo'):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), '--train-rss', framework], check=True,
@@ -436,7 +468,7 @@ def train_rows(args, ctx):
 
 
 def pipeline_rows():
-    rows, _ = data_pipeline.run(data_pipeline.parse_args(['--epochs', '4', '--warmup', '1']))
+    rows, _ = data_pipeline.run(data_pipeline.parse_args(['--epochs', str(PIPELINE_EPOCHS), '--warmup', '1']))
     return [('data pipeline train crop 480 img/s', rows[0][1], rows[1][1], 'img/s')]
 
 
