@@ -125,9 +125,9 @@ def test_faster_than_gluoncv(gluoncv):
     logits = mx.nd.array(rng.standard_normal((4, 21, 480, 480), dtype=np.float32))
     label = mx.nd.array(rng.integers(-1, 21, (4, 480, 480)))
     mx.nd.waitall()
-    # the best of 3 interleaved rounds each, so that a burst of load from another process does not decide it
+    # the best of 5 interleaved rounds each, so that a burst of load from another process does not decide it
     ours_seconds = ref_seconds = float('inf')
-    for _ in range(3):
+    for _ in range(5):
         ours, ref = SegmentationMetric(21), gluoncv.utils.metrics.SegmentationMetric(21)
         start = time.perf_counter()
         ours.update(label, logits)
@@ -136,4 +136,6 @@ def test_faster_than_gluoncv(gluoncv):
         ref.update(label, logits)
         ref_seconds = min(ref_seconds, time.perf_counter() - start)
     _assert_same(ours, ref)
-    assert ours_seconds < 0.7 * ref_seconds, (ours_seconds, ref_seconds)
+    # one argmax against GluonCV's two: 0.53-0.63 of its time alone, 0.71 once in a full make test run; a second
+    # argmax (or any pass as slow) would bring it to about 1
+    assert ours_seconds < 0.8 * ref_seconds, (ours_seconds, ref_seconds)
